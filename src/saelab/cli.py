@@ -16,6 +16,7 @@ from saelab.errors import SaelabError
 
 COMMAND_MODULES = [
     "saelab.toy.commands",
+    "saelab.data.commands",
 ]
 
 

@@ -1,0 +1,183 @@
+"""``ActivationStore``: shuffled training batches of many hooks, generated on the fly.
+
+::
+
+    store = ActivationStore(lm, ToySource(seed=0), ["blocks.1.attn.hook_z", "blocks.2.hook_resid_pre"],
+                            StoreConfig(batch_size=4096, seed=0))
+    store.normalization_factors      # {hook: factor}: batches are x / factor, E||x / factor||^2 = 1
+    for batch in store.iter_batches(start_batch=0):
+        batch["blocks.1.attn.hook_z"]  # [batch_size, n_heads * d_head]
+
+Windows are taken from the source in order and grouped into shuffle buffers of ``buffer_windows``
+windows (``saelab.data.shuffle``: rows mixed within a buffer, seeded per buffer). One forward pass
+per ``model_batch_size`` windows feeds every hook, and the same rows (tokens) are delivered for all
+hooks of a batch. The stream is deterministic given the source, the config and the model, and
+``iter_batches(start_batch=N)`` resumes exactly at batch N: earlier buffers are skipped by counting
+their tokens (tokenization only, no forward pass).
+
+Normalisation (``normalization="unit_mean_squared_norm"``, the default): each hook's activations are
+*divided* by ``factor = sqrt(E||x||^2)`` (the root-mean-square norm), estimated on the first
+``normalization_tokens`` kept tokens of the stream, so that E||x / factor||^2 = 1 (the convention
+of Gemma Scope's JumpReLU recipe, and what ``saelab.train`` expects of ``normalization_factors``:
+"the batches were divided by these"). ``normalization_factors`` holds them either way (with
+``normalization="none"`` the batches are raw and the factors are only recorded); pass
+``normalization_factors`` in the config to reuse recorded ones (e.g. when resuming) instead of
+estimating. The trainer folds the factor into the SAE after training.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+from saelab.data.activations import ActivationExtractor
+from saelab.data.packing import PackingConfig, iter_windows
+from saelab.data.shuffle import Chunk, shuffled_batches
+from saelab.data.sources import Source
+from saelab.errors import ConfigError, check_choice, check_range
+from saelab.models import LoadedModel
+
+NORMALIZATIONS = ("unit_mean_squared_norm", "none")
+
+
+@dataclass
+class StoreConfig:
+    """Settings of an ``ActivationStore`` (validated at construction)."""
+
+    packing: PackingConfig = field(default_factory=PackingConfig)
+    batch_size: int = 4096            # activation rows (tokens) per training batch
+    model_batch_size: int = 16        # windows per forward pass
+    buffer_windows: int = 256         # windows mixed in one shuffle buffer; a multiple of model_batch_size
+    seed: int = 0                     # shuffling seed
+    device: str | None = None         # where batches are delivered (default: the model's device)
+    dtype: str = "float32"            # dtype of buffered and delivered activations
+    exclude_special_tokens: bool = True
+    normalization: str = "unit_mean_squared_norm"
+    normalization_tokens: int = 32768
+    normalization_factors: dict[str, float] | None = None
+    repeat: bool = False              # start the source again when it ends (else the stream ends)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.packing, dict):
+            self.packing = PackingConfig(**self.packing)
+        check_range("batch_size", self.batch_size, 1, None, integer=True)
+        check_range("model_batch_size", self.model_batch_size, 1, None, integer=True)
+        check_range("buffer_windows", self.buffer_windows, 1, None, integer=True)
+        if self.buffer_windows % self.model_batch_size:
+            raise ConfigError(f"buffer_windows={self.buffer_windows} must be a multiple of "
+                              f"model_batch_size={self.model_batch_size}")
+        check_range("seed", self.seed, 0, None, integer=True)
+        check_choice("normalization", self.normalization, NORMALIZATIONS)
+        check_range("normalization_tokens", self.normalization_tokens, 1, None, integer=True)
+        check_choice("dtype", self.dtype, ("float32", "float16", "bfloat16", "float64"))
+        if self.normalization_factors is not None:
+            for name, value in self.normalization_factors.items():
+                check_range(f"normalization_factors[{name!r}]", value, 0, None, lo_open=True)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class ActivationStore:
+    """Shuffled batches ``{hook: Tensor[batch_size, d_in]}`` of ``hooks`` on ``source``; see module doc."""
+
+    def __init__(self, lm: LoadedModel, source: Source, hooks: Iterable[str] | str,
+                 config: StoreConfig | None = None):
+        self.lm, self.source = lm, source
+        self.config = config or StoreConfig()
+        cfg = self.config
+        self.extractor = ActivationExtractor(lm, hooks, model_batch_size=cfg.model_batch_size,
+                                             exclude_special_tokens=cfg.exclude_special_tokens,
+                                             dtype=cfg.dtype, device=cfg.device)
+        self.hooks = self.extractor.hooks
+        self.d_in = dict(self.extractor.d_in)
+        self._factors = dict(cfg.normalization_factors) if cfg.normalization_factors is not None else None
+        if self._factors is not None and set(self._factors) != set(self.hooks):
+            raise ConfigError(f"normalization_factors has hooks {sorted(self._factors)}, the store has "
+                              f"{sorted(self.hooks)}; give one factor per hook")
+
+    # --- the window stream -----------------------------------------------------------------------
+    def iter_windows(self) -> Iterator[np.ndarray]:
+        """The packed windows ``[context_size]`` in stream order (repeated if ``config.repeat``)."""
+        passes = itertools.count() if self.config.repeat else range(1)
+        for _ in passes:
+            empty = True
+            for window in iter_windows(self.source, self.lm.tokenizer, self.config.packing,
+                                       self.lm.bos_token_id, self.lm.eos_token_id):
+                empty = False
+                yield window
+            if empty:
+                return
+
+    def _buffers(self) -> Iterator[np.ndarray]:
+        windows = self.iter_windows()
+        while True:
+            group = list(itertools.islice(windows, self.config.buffer_windows))
+            if not group:
+                return
+            yield np.stack(group)
+
+    # --- normalisation -----------------------------------------------------------------------------
+    @property
+    def normalization_factors(self) -> dict[str, float]:
+        """``{hook: sqrt(E||x||^2)}`` on the estimation sample (estimated once); batches are divided by it."""
+        if self._factors is None:
+            self._factors = self.estimate_normalization_factors(self.config.normalization_tokens)
+        return dict(self._factors)
+
+    def estimate_normalization_factors(self, n_tokens: int) -> dict[str, float]:
+        """``sqrt(mean ||x||^2)`` per hook over the first ``n_tokens`` kept tokens of the stream."""
+        sums = dict.fromkeys(self.hooks, 0.0)
+        count = 0
+        windows = self.iter_windows()
+        while count < n_tokens:
+            group = list(itertools.islice(windows, self.config.model_batch_size))
+            if not group:
+                break
+            acts = self.extractor.run(np.stack(group))
+            for name, x in acts.items():
+                sums[name] += float(x.double().pow(2).sum())
+            count += len(next(iter(acts.values())))
+        if count == 0:
+            raise ConfigError(f"source {self.source.describe()} yielded no tokens to estimate normalisation on")
+        return {name: math.sqrt(s / count) if s > 0 else 1.0 for name, s in sums.items()}
+
+    # --- batches ---------------------------------------------------------------------------------
+    def _chunks(self) -> Iterator[Chunk]:
+        factors = self.normalization_factors if self.config.normalization != "none" else None
+        for windows in self._buffers():
+            def load(windows=windows) -> dict[str, torch.Tensor]:
+                acts = self.extractor.run(windows)
+                if factors is not None:
+                    acts = {name: x.div_(factors[name]) for name, x in acts.items()}
+                return acts
+
+            yield Chunk(int(self.extractor.valid_mask(windows).sum()), load)
+
+    def iter_batches(self, start_batch: int = 0) -> Iterator[dict[str, torch.Tensor]]:
+        """Batches ``{hook: Tensor[batch_size, d_in]}`` from batch ``start_batch`` on; identical to the
+        batches an uninterrupted iteration yields at those indices."""
+        check_range("start_batch", start_batch, 0, None, integer=True)
+        return shuffled_batches(self._chunks(), self.config.batch_size, self.config.seed, start_batch)
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        return self.iter_batches()
+
+    @property
+    def metadata(self) -> dict:
+        """What the trainer stores in SAE folders about the data (JSON-able)."""
+        packing = self.config.packing
+        return {"model_name": self.lm.name, "context_size": packing.context_size,
+                "dataset_path": self.source.dataset_path, "prepend_bos": packing.prepend_bos,
+                "exclude_special_tokens": self.config.exclude_special_tokens, "source": self.source.describe()}
+
+    def state(self) -> dict:
+        """A JSON-able record of what this store delivers (for checkpoints and run logs)."""
+        return {"model": self.lm.name, "hooks": self.hooks, "d_in": self.d_in, "source": self.source.describe(),
+                "config": {**self.config.to_dict(), "normalization_factors": self.normalization_factors}}
+

@@ -1,0 +1,123 @@
+"""Llama layout (``LlamaForCausalLM``; also Mistral and Qwen2) and Gemma / Gemma 2.
+
+Separate ``q_proj``/``k_proj``/``v_proj``/``o_proj`` (grouped-query attention: ``n_kv_heads`` key/value
+heads), RMSNorm, gated MLP (``down_proj(act(gate_proj(x)) * up_proj(x))``), rotary embeddings.
+
+Sites: ``hook_resid_pre`` input of ``model.layers[L]``; ``hook_resid_post`` its output;
+``attn.hook_q|k|v`` outputs of ``self_attn.q_proj|k_proj|v_proj`` (before rotary, as in
+TransformerLens); ``attn.hook_z`` input of ``self_attn.o_proj``; ``mlp.hook_post`` input of
+``mlp.down_proj``; ``hook_attn_out`` output of ``self_attn`` and ``hook_mlp_out`` output of ``mlp``.
+
+Gemma scales RMSNorm by ``1 + weight`` and the embeddings by ``sqrt(d_model)`` (inside the embedding
+module, so ``hook_resid_pre`` of block 0 is the scaled embedding). Gemma 2 also normalises each
+sub-layer's output before adding it (``post_attention_layernorm``, ``post_feedforward_layernorm``);
+there ``hook_attn_out``/``hook_mlp_out`` are those norms' outputs (what is added to the residual, as
+in TransformerLens), so ``hook_attn_out = attn_out_norm(sum_h z_h W_O[h] + b_O)``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from saelab.models import hook_points as H
+from saelab.models.adapters.base import Adapter, get_module
+from saelab.models.norms import NormSpec, rms_norm_spec
+from saelab.models.sites import InputSite, OutputSite, ResidMidSite, heads_view
+
+
+class LlamaAdapter(Adapter):
+    family = "llama"
+    norm_offset = 0.0  # RMSNorm multiplies by weight + norm_offset
+    mlp_norm_name = "post_attention_layernorm"
+
+    def blocks(self) -> nn.ModuleList:
+        return get_module(self.model, "model.layers")
+
+    def final_norm_module(self) -> nn.Module:
+        return get_module(self.model, "model.norm")
+
+    def attention_module(self, layer: int) -> nn.Module:
+        return get_module(self.blocks()[layer], "self_attn")
+
+    def _d_mlp(self) -> int:
+        return int(get_module(self.blocks()[0], "mlp.down_proj").weight.shape[1])
+
+    def attn_contribution_module(self, block: nn.Module) -> nn.Module:
+        """The module whose output the block adds to the residual after attention."""
+        return get_module(block, "self_attn")
+
+    def mlp_contribution_module(self, block: nn.Module) -> nn.Module:
+        return get_module(block, "mlp")
+
+    def site(self, point: H.HookPoint):
+        block = self.blocks()[point.layer]
+        attn = get_module(block, "self_attn")
+        kind = point.kind
+        if kind == H.RESID_PRE:
+            return InputSite(block)
+        if kind == H.RESID_POST:
+            return OutputSite(block)
+        if kind == H.ATTN_Q:
+            return OutputSite(get_module(attn, "q_proj"), heads_view(self.n_heads, self.d_head))
+        if kind == H.ATTN_K:
+            return OutputSite(get_module(attn, "k_proj"), heads_view(self.n_kv_heads, self.d_head))
+        if kind == H.ATTN_V:
+            return OutputSite(get_module(attn, "v_proj"), heads_view(self.n_kv_heads, self.d_head))
+        if kind == H.ATTN_Z:
+            return InputSite(get_module(attn, "o_proj"), heads_view(self.n_heads, self.d_head), arg_name="input")
+        if kind == H.ATTN_PATTERN:
+            return self.pattern_site(point.layer)
+        if kind == H.ATTN_OUT:
+            return OutputSite(self.attn_contribution_module(block))
+        if kind == H.RESID_MID:
+            return ResidMidSite(block, self.attn_contribution_module(block))
+        if kind == H.MLP_POST:
+            return InputSite(get_module(block, "mlp.down_proj"), arg_name="input")
+        return OutputSite(self.mlp_contribution_module(block))
+
+    def qkv_weights(self, layer: int):
+        attn = self.attention_module(layer)
+        out = []
+        for name, heads in (("q_proj", self.n_heads), ("k_proj", self.n_kv_heads), ("v_proj", self.n_kv_heads)):
+            W = get_module(attn, name).weight.detach()  # [heads * d_head, d_model]
+            out.append(W.unflatten(0, (heads, self.d_head)).transpose(1, 2))
+        return tuple(out)
+
+    def qkv_biases(self, layer: int):
+        attn = self.attention_module(layer)
+        out = []
+        for name, heads in (("q_proj", self.n_heads), ("k_proj", self.n_kv_heads), ("v_proj", self.n_kv_heads)):
+            b = get_module(attn, name).bias
+            out.append(None if b is None else b.detach().unflatten(0, (heads, self.d_head)))
+        return tuple(out)
+
+    def out_projection(self, layer: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        o_proj = get_module(self.attention_module(layer), "o_proj")
+        W = o_proj.weight.detach().T.unflatten(0, (self.n_heads, self.d_head))
+        return W, None if o_proj.bias is None else o_proj.bias.detach()
+
+    def norm_spec(self, which: str, layer: int | None = None) -> NormSpec:
+        if which == "final":
+            return rms_norm_spec(self.final_norm_module(), offset=self.norm_offset)
+        name = {"attn": "input_layernorm", "mlp": self.mlp_norm_name}[which]
+        return rms_norm_spec(get_module(self.blocks()[layer], name), offset=self.norm_offset)
+
+
+class GemmaAdapter(LlamaAdapter):
+    family = "gemma"
+    norm_offset = 1.0
+
+
+class Gemma2Adapter(GemmaAdapter):
+    family = "gemma2"
+    mlp_norm_name = "pre_feedforward_layernorm"
+
+    def attn_contribution_module(self, block: nn.Module) -> nn.Module:
+        return get_module(block, "post_attention_layernorm")
+
+    def mlp_contribution_module(self, block: nn.Module) -> nn.Module:
+        return get_module(block, "post_feedforward_layernorm")
+
+    def attn_out_norm(self, layer: int) -> nn.Module:
+        return get_module(self.blocks()[layer], "post_attention_layernorm")
