@@ -17,6 +17,9 @@ from saelab.errors import SaelabError
 COMMAND_MODULES = [
     "saelab.toy.commands",
     "saelab.data.commands",
+    "saelab.eval.commands",
+    "saelab.train.commands",
+    "saelab.interp.commands",
 ]
 
 

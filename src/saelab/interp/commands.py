@@ -1,0 +1,139 @@
+"""``saelab dashboard`` and ``saelab autointerp``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from saelab.cli_args import (
+    add_source_arguments,
+    add_threads_argument,
+    apply_threads,
+    print_table,
+    source_from_args,
+)
+from saelab.errors import ConfigError, check_choice
+
+
+def _add_common(p: argparse.ArgumentParser, tokens: int) -> None:
+    p.add_argument("sae_dir", metavar="SAE_DIR", help="SAE folder (cfg.json + sae_weights.safetensors) or Hub id")
+    p.add_argument("--features", required=True, help="latent indices, e.g. '0-99' or '3,17,40-45'")
+    p.add_argument("--tokens", type=int, default=tokens, help=f"token budget (default {tokens})")
+    p.add_argument("--device", default="cpu", help="device for model and SAE")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_source_arguments(p)
+    add_threads_argument(p)
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("dashboard", help="write a self-contained HTML dashboard of SAE latents",
+                              description="Gather examples, logit effects and neighbours of latents and write "
+                                          "one self-contained HTML file (no network needed to view it).")
+    _add_common(p, 100_000)
+    p.add_argument("--out", required=True, help="output folder (dashboard.html, feature_data.json)")
+    p.add_argument("--model", default=None, help="model spec (default: the one recorded in the SAE folder)")
+    p.add_argument("--n-top", type=int, default=20, help="top examples per latent (default 20)")
+    p.add_argument("--no-correlation", action="store_true", help="skip activation-correlation neighbours")
+    p.set_defaults(func=run_dashboard)
+
+    p = subparsers.add_parser("autointerp", help="explain latents and score the explanations",
+                              description="Explain latents from their top examples (token baseline or an "
+                                          "OpenAI-compatible LLM) and score detection, fuzzing and simulation.")
+    _add_common(p, 50_000)
+    p.add_argument("--explainer", default="tokens", help="tokens (no LLM) or llm")
+    p.add_argument("--base-url", default=None, help="OpenAI-compatible API base, e.g. http://127.0.0.1:8000/v1")
+    p.add_argument("--model", default=None, help="the LLM's model name (with --explainer llm)")
+    p.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key")
+    p.add_argument("--concurrency", type=int, default=4)
+    p.add_argument("--retries", type=int, default=3)
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds per LLM request")
+    p.add_argument("--lm", default=None, help="language-model spec (default: the one recorded in the SAE folder)")
+    p.add_argument("--out", default="autointerp_results", help="folder for results.json and the LLM call cache")
+    p.set_defaults(func=run_autointerp_command)
+
+
+def _load(args: argparse.Namespace, model_spec: str | None):
+    from saelab.models import load_model
+    from saelab.sae import load_sae_with_info
+
+    sae, info = load_sae_with_info(args.sae_dir, device=args.device)
+    hook = sae.cfg.hook_name or info.metadata.get("hook_name")
+    if not hook:
+        raise ConfigError(f"{args.sae_dir}: cfg.json records no hook_name; this SAE cannot be placed in a model")
+    spec = model_spec or info.metadata.get("model_name") or info.saelab.get("model_name")
+    if not spec:
+        raise ConfigError(f"{args.sae_dir}: cfg.json records no model; pass the model spec "
+                          f"({'--lm' if args.command == 'autointerp' else '--model'} toy|FOLDER|HUB_ID)")
+    return load_model(spec, device=args.device), sae, hook
+
+
+def _gather(args: argparse.Namespace, lm, sae, hook, **extra):
+    from saelab.interp.gather import FeatureDataConfig, build_feature_data
+
+    cfg = FeatureDataConfig(n_tokens=args.tokens, context_size=args.context_size, prepend_bos=not args.no_prepend_bos,
+                            model_batch_size=args.model_batch_size, seed=args.seed,
+                            exclude_special_tokens=not args.include_special_tokens,
+                            progress=not args.no_progress, **extra)
+    return build_feature_data(lm, sae, hook, source_from_args(args), args.features, cfg)
+
+
+def _emit(args: argparse.Namespace, summary: dict[str, Any]) -> None:
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print_table({k: v for k, v in summary.items() if not isinstance(v, list) or len(v) <= 10})
+
+
+def run_dashboard(args: argparse.Namespace) -> int:
+    from saelab.interp.dashboard import write_dashboard
+
+    apply_threads(args)
+    lm, sae, hook = _load(args, args.model)
+    data = _gather(args, lm, sae, hook, n_top=args.n_top, correlation=not args.no_correlation)
+    paths = write_dashboard(data, args.out)
+    densities = [f.density for f in data.features]
+    _emit(args, {"dashboard": str(paths["dashboard"]), "data": str(paths["data"]), "hook": hook,
+                 "n_features": len(data.features), "n_tokens": data.meta["n_tokens"],
+                 "dead_features": sum(d == 0 for d in densities),
+                 "mean_density": sum(densities) / len(densities), "seconds": data.meta["seconds"],
+                 "html_bytes": Path(paths["dashboard"]).stat().st_size})
+    return 0
+
+
+def run_autointerp_command(args: argparse.Namespace) -> int:
+    from saelab.interp.autointerp import AutointerpConfig, run_autointerp
+    from saelab.interp.explainers import LLMExplainer, TokenExplainer
+    from saelab.interp.judges import LLMJudge, TokenJudge
+    from saelab.interp.llm import LLMClient, LLMConfig
+
+    check_choice("--explainer", args.explainer, ("tokens", "llm"))
+    out = Path(args.out)
+    setup: dict[str, Any] = {"sae": str(args.sae_dir), "features": args.features, "tokens": args.tokens}
+    if args.explainer == "llm":
+        if not args.base_url or not args.model:
+            raise ConfigError("--explainer llm needs --base-url URL and --model NAME of an OpenAI-compatible endpoint")
+        client = LLMClient(LLMConfig(base_url=args.base_url, model=args.model, api_key_env=args.api_key_env,
+                                     concurrency=args.concurrency, max_retries=args.retries, timeout_s=args.timeout,
+                                     cache_dir=str(out / "llm_cache")))
+        explainer, judge = LLMExplainer(client), LLMJudge(client)
+        setup.update(base_url=args.base_url, model=args.model)
+    else:
+        explainer, judge = TokenExplainer(), TokenJudge()
+    apply_threads(args)
+    lm, sae, hook = _load(args, args.lm)
+    data = _gather(args, lm, sae, hook, n_random=20, correlation=False)
+    report = run_autointerp(data, explainer, judge, AutointerpConfig(seed=args.seed, progress=not args.no_progress),
+                            out_path=out / "results.json", setup=setup)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    for r in report["results"]:
+        scores = "  ".join(f"{s[:3]}={r[s]:.2f}" if r[s] is not None else f"{s[:3]}=–"
+                           for s in ("detection", "fuzzing", "simulation"))
+        print(f"#{r['feature']:<6} {scores}  {r['explanation'] or r['error']}")
+    print_table({**report["summary"], "results": str(out / "results.json")})
+    return 0

@@ -1,0 +1,79 @@
+"""Logit effects of latents: the decoder direction mapped to the residual stream, then through the
+unembedding (the final norm's weights folded in, LayerNorm centring applied).
+
+For residual, attention-output and MLP-output SAEs the decoder row ``W_dec[f] [d_model]`` already lives
+in the residual stream. For ``attn.hook_z`` SAEs it is split per head ``[n_heads, d_head]`` and
+mapped through each head's ``W_O [d_head, d_model]`` and summed (Gemma 2's post-attention norm is
+applied to the result, with its norm kept). Other sites (q/k/v, MLP hidden) have no direct path to
+the logits and get no logit effects.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from saelab.models import LoadedModel, parse_hook_name
+from saelab.sae import SAE
+
+RESIDUAL_KINDS = ("hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_attn_out", "hook_mlp_out")
+
+
+def residual_directions(lm: LoadedModel, sae: SAE, hook: str, features: list[int]) -> torch.Tensor | None:
+    """Decoder rows of ``features`` in the residual stream ``[n_features, d_model]`` (float32), or None
+    when the hook has no linear path to the residual stream."""
+    point = parse_hook_name(hook, lm.n_layers, lm.name)
+    rows = sae.W_dec.detach()[features].float().cpu()                        # [F, d_in]
+    if point.kind in RESIDUAL_KINDS:
+        return rows
+    if point.kind != "attn.hook_z":
+        return None
+    W_O = lm.W_O(point.layer).float().cpu()                                   # [n_heads, d_head, d_model]
+    per_head = rows.reshape(len(features), lm.n_heads, lm.d_head)
+    out = torch.einsum("fhd,hdm->fm", per_head, W_O)
+    post_norm = lm.attn_out_norm(point.layer)
+    if post_norm is not None:
+        with torch.no_grad():
+            param = next(post_norm.parameters())
+            normed = post_norm(out.to(param.dtype).to(param.device)).float().cpu()
+        out = normed * (out.norm(dim=-1, keepdim=True) / normed.norm(dim=-1, keepdim=True).clamp_min(1e-12))
+    return out
+
+
+def head_shares(lm: LoadedModel, sae: SAE, hook: str, features: list[int]) -> torch.Tensor | None:
+    """For ``attn.hook_z`` SAEs, each head's share of the decoder norm ``[n_features, n_heads]``
+    (h_{f,k} = ‖d_{f,k}‖ / Σ_j ‖d_{f,j}‖, Kissane et al. 2024); None for other sites."""
+    if parse_hook_name(hook, lm.n_layers, lm.name).kind != "attn.hook_z":
+        return None
+    rows = sae.W_dec.detach()[features].float().cpu().reshape(len(features), lm.n_heads, lm.d_head)
+    norms = rows.norm(dim=-1)
+    return norms / norms.sum(-1, keepdim=True).clamp_min(1e-12)
+
+
+def logit_weights(lm: LoadedModel, directions: torch.Tensor) -> torch.Tensor:
+    """Direct effect on the logits of adding each direction ``[F, d_model]`` to the final residual
+    stream, up to the norm's positive scale: ``[F, d_vocab]``."""
+    final = lm.norm("final")
+    W, _ = lm.folded_W_U()
+    if final.kind == "layernorm":
+        directions = directions - directions.mean(-1, keepdim=True)
+    return directions @ W.float().cpu()
+
+
+def logit_effects(lm: LoadedModel, sae: SAE, hook: str, features: list[int], k: int = 10,
+                  n_bins: int = 30) -> list[dict | None]:
+    """Per feature: ``{"top": [(token_id, weight)], "bottom": [...], "hist": {"edges", "counts"}}``
+    over the vocabulary, or None where the site has no path to the logits."""
+    directions = residual_directions(lm, sae, hook, features)
+    if directions is None:
+        return [None] * len(features)
+    weights = logit_weights(lm, directions)                                   # [F, d_vocab]
+    k = min(k, weights.shape[1])
+    out = []
+    for row in weights:
+        top_v, top_i = row.topk(k)
+        bot_v, bot_i = (-row).topk(k)
+        counts, edges = torch.histogram(row, bins=n_bins)
+        out.append({"top": [(int(i), float(v)) for i, v in zip(top_i, top_v, strict=False)],
+                    "bottom": [(int(i), float(-v)) for i, v in zip(bot_i, bot_v, strict=False)],
+                    "hist": {"edges": edges.tolist(), "counts": counts.long().tolist()}})
+    return out
