@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "saelab.data.commands",
     "saelab.eval.commands",
     "saelab.train.commands",
+    "saelab.demo",
     "saelab.interp.commands",
 ]
 

@@ -216,10 +216,14 @@ def _batch_source(settings: dict[str, Any]):
         model_batch_size=ns.model_batch_size, buffer_windows=_buffer_windows(settings, ns.model_batch_size),
         seed=settings["seed"], exclude_special_tokens=not ns.include_special_tokens,
         normalization_factors=factors, repeat=True))
-    meta = {"model_name": settings["model"], "model": {"spec": settings["model"]},
-            "context_size": ns.context_size, "prepend_bos": not ns.no_prepend_bos,
-            "dataset_path": ns.source}
+    meta = folder_meta(settings["model"], ns.source, ns.context_size, not ns.no_prepend_bos)
     return store, meta, {h: lm.hook_d_in(h) for h in hooks}
+
+
+def folder_meta(model_spec: str, source: str, context_size: int, prepend_bos: bool) -> dict[str, Any]:
+    """What an SAE folder records of where its activations came from (cfg.json ``saelab``/``metadata``)."""
+    return {"model_name": model_spec, "model": {"spec": model_spec}, "context_size": context_size,
+            "prepend_bos": prepend_bos, "dataset_path": source}
 
 
 def _buffer_windows(settings: dict[str, Any], model_batch_size: int) -> int:

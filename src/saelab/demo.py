@@ -1,0 +1,170 @@
+"""``saelab demo``: the main job on the bundled toy world, end to end, in a few minutes on a laptop CPU.
+
+Stages (each timed; all results in ``OUT/summary.json`` and a self-contained ``OUT/index.html``):
+
+1. train a JumpReLU SAE on an attention layer (``hook_z``) of the toy model;
+2. evaluate it by splicing it into the model (fidelity, sparsity, CE/KL recovered);
+3. a small fidelity–sparsity frontier of several architectures trained from one activation stream;
+4. feature recovery against the toy world's planted variables, with neuron and random baselines;
+5. feature dashboards for a few dozen latents;
+6. attention analyses: head census, induction heads, one direct-feature-attribution view.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from saelab.cli_args import add_threads_argument, apply_threads
+from saelab.errors import check_range
+from saelab.fileio import atomic_write_json
+from saelab.report import HtmlReport, Section
+
+
+@dataclass
+class DemoConfig:
+    """What the demo trains and measures (defaults sized for about 5 minutes on 2 CPU cores)."""
+
+    out: str = "demo_out"
+    hook: str = "blocks.1.attn.hook_z"
+    d_sae: int = 512
+    tokens: int = 300_000
+    l0_coefficient: float = 0.02
+    seed: int = 0
+    eval_tokens: int = 20_000
+    dashboard_features: int = 32
+    dashboard_tokens: int = 20_000
+
+    def __post_init__(self) -> None:
+        check_range("d_sae", self.d_sae, 1, integer=True)
+        check_range("tokens", self.tokens, 4096, integer=True)
+        check_range("l0_coefficient", self.l0_coefficient, 0, lo_open=True)
+        check_range("seed", self.seed, 0, integer=True)
+        check_range("eval_tokens", self.eval_tokens, 256, integer=True)
+        check_range("dashboard_features", self.dashboard_features, 1, self.d_sae, integer=True)
+        check_range("dashboard_tokens", self.dashboard_tokens, 256, integer=True)
+
+
+class Demo:
+    """Runs the stages in order, sharing the model and the trained SAE between them."""
+
+    def __init__(self, cfg: DemoConfig, progress: bool = True):
+        from saelab.models import load_model
+
+        self.cfg, self.progress = cfg, progress
+        self.out = Path(cfg.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.lm = load_model("toy")
+        self.sae = None
+        self.summary: dict[str, Any] = {"config": asdict(cfg), "timings_s": {}}
+        self.report = HtmlReport("saelab demo: the toy world",
+                                 f"A {self.lm.n_layers}-layer GPT-2 trained on saelab's synthetic corpus; "
+                                 f"SAE on {cfg.hook}.")
+
+    def stage(self, name: str, run: Callable[[Section], dict[str, Any]], title: str) -> None:
+        print(f"[demo] {title} ...", flush=True)
+        started = time.perf_counter()
+        self.summary[name] = run(self.report.section(title))
+        seconds = round(time.perf_counter() - started, 2)
+        self.summary["timings_s"][name] = seconds
+        print(f"[demo] {title}: done in {seconds:.1f} s", flush=True)
+
+    # ------------------------------------------------------------------ stages
+    def train(self, section: Section) -> dict[str, Any]:
+        from saelab.data.sources import ToySource
+        from saelab.data.store import ActivationStore, StoreConfig
+        from saelab.sae import SAEConfig
+        from saelab.train import TrainConfig, train_saes
+        from saelab.train.commands import folder_meta
+
+        cfg = self.cfg
+        store = ActivationStore(self.lm, ToySource(seed=cfg.seed), [cfg.hook],
+                                StoreConfig(batch_size=2048, seed=cfg.seed, repeat=True))
+        sae_cfg = SAEConfig("jumprelu", d_in=self.lm.hook_d_in(cfg.hook), d_sae=cfg.d_sae, hook_name=cfg.hook,
+                            name="jumprelu", l0_coefficient=cfg.l0_coefficient)
+        steps = -(-cfg.tokens // 2048)
+        train_cfg = TrainConfig(tokens=cfg.tokens, batch_size=2048, lr=1e-3, lr_warmup_steps=steps // 20,
+                                lr_decay_steps=steps // 5, sparsity_warmup_steps=steps // 5, seed=cfg.seed,
+                                log_every=max(1, steps // 20))
+        run_dir = self.out / "train"
+        saes = train_saes([sae_cfg], store, train_cfg, run_dir, progress=self.progress,
+                          extra_meta=folder_meta("toy", f"toy:{cfg.seed}", 128, True))
+        self.sae = saes["jumprelu"]
+        self.sae_dir = run_dir / "saes" / "jumprelu"
+        last = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()][-1]
+        result = {"sae_dir": str(self.sae_dir), "steps": train_cfg.total_steps,
+                  "tokens": train_cfg.total_steps * train_cfg.batch_size, "d_in": sae_cfg.d_in,
+                  "d_sae": cfg.d_sae, "final_train_l0": last["l0"], "final_train_fvu": last["fvu"],
+                  "dead_fraction": last["dead_fraction"]}
+        section.paragraph(f"JumpReLU SAE, {cfg.d_sae} latents on {cfg.hook} (d_in {sae_cfg.d_in}), trained on "
+                          f"{result['tokens']:,} toy-world tokens; folder {self.sae_dir} (SAELens format).")
+        section.table([{"metric": k, "value": v} for k, v in result.items() if k != "sae_dir"])
+        return result
+
+    def dashboards(self, section: Section) -> dict[str, Any]:
+        from saelab.data.sources import ToySource
+        from saelab.interp import FeatureDataConfig, build_feature_data, write_dashboard
+
+        cfg = self.cfg
+        data = build_feature_data(self.lm, self.sae, cfg.hook, ToySource(seed=cfg.seed + 1),
+                                  list(range(cfg.dashboard_features)),
+                                  FeatureDataConfig(n_tokens=cfg.dashboard_tokens, progress=self.progress))
+        paths = write_dashboard(data, self.out / "dashboard", title=f"toy {cfg.hook} JumpReLU features")
+        href = paths["dashboard"].relative_to(self.out).as_posix()
+        section.paragraph(f"Dashboards for latents 0–{cfg.dashboard_features - 1}: top examples, activation "
+                          "quantiles, logit effects through W_O and the unembedding, nearest latents.")
+        section.link(href, "Open the feature dashboards")
+        live = [f for f in data.features if f.n_fires > 0]
+        section.table([{"latent": f.index, "density": f.density, "max_act": f.max_act,
+                        "top_tokens": ", ".join(ex.tokens[ex.mark] for ex in f.top_examples[:3])} for f in live[:12]])
+        return {"dashboard": str(paths["dashboard"]), "features": len(data.features), "live_features": len(live)}
+
+    def run(self) -> dict[str, Any]:
+        started = time.perf_counter()
+        self.stage("train", self.train, "1. Training a JumpReLU SAE on attention outputs")
+        self.stage("dashboards", self.dashboards, "5. Feature dashboards")
+        self.summary["total_seconds"] = round(time.perf_counter() - started, 2)
+        atomic_write_json(self.out / "summary.json", self.summary)
+        self.report.write(self.out / "index.html")
+        return self.summary
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("demo", help="the main job on the bundled toy world: train, evaluate, interpret",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    defaults = DemoConfig()
+    p.add_argument("--out", default=defaults.out, help="output folder (summary.json, index.html, ...)")
+    p.add_argument("--tokens", type=int, default=defaults.tokens, help="SAE training tokens")
+    p.add_argument("--d-sae", type=int, default=defaults.d_sae, help="SAE latents")
+    p.add_argument("--seed", type=int, default=defaults.seed, help="seed of data order and SAE init")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
+    add_threads_argument(p)
+    p.add_argument("--json", action="store_true", help="print summary.json instead of the short summary")
+    p.set_defaults(func=run_demo)
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    apply_threads(args)
+    cfg = DemoConfig(out=args.out, tokens=args.tokens, d_sae=args.d_sae, seed=args.seed)
+    summary = Demo(cfg, progress=args.progress).run()
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        _print_summary(summary, Path(cfg.out))
+    return 0
+
+
+def _print_summary(summary: dict[str, Any], out: Path) -> None:
+    train = summary["train"]
+    print(f"\nsaelab demo finished in {summary['total_seconds']:.0f} s")
+    print(f"  SAE:        {train['sae_dir']}  (L0 {train['final_train_l0']:.1f}, "
+          f"FVU {train['final_train_fvu']:.3f} at the end of training)")
+    if "dashboards" in summary:
+        print(f"  dashboards: {summary['dashboards']['dashboard']}")
+    print(f"  report:     {out / 'index.html'}")
+    print(f"  summary:    {out / 'summary.json'}")
