@@ -17,6 +17,7 @@ from saelab.errors import SaelabError
 COMMAND_MODULES = [
     "saelab.toy.commands",
     "saelab.data.commands",
+    "saelab.attention.commands",
     "saelab.eval.commands",
     "saelab.train.commands",
     "saelab.demo",
