@@ -83,6 +83,7 @@ def test_dashboard_in_headless_chromium(dashboard, tmp_path):
             assert "</script><b>x</b>" in page.locator("#examples > .example").first.text_content()
             assert page.locator(".tok.mark").first.get_attribute("title").startswith('"')
             page.locator("details.quantile summary").first.click()
+            page.wait_for_selector("details.quantile .example")  # filled on the toggle event
             assert page.locator("details.quantile .example").count() >= 1
             artifacts = Path(os.environ.get("SAELAB_ARTIFACT_DIR", tmp_path))
             artifacts.mkdir(parents=True, exist_ok=True)
