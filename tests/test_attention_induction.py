@@ -3,6 +3,7 @@ circuit (previous-token head 0.0 feeding induction head 1.0 by K-composition) an
 
 import pytest
 import torch
+from torch import Tensor
 
 from saelab.attention.induction import (
     head_ablation_loss_ratios,
@@ -12,6 +13,7 @@ from saelab.attention.induction import (
     repeated_random_tokens,
     top_heads,
 )
+from saelab.attention.reports import INDUCTION_THRESHOLD
 from saelab.errors import ConfigError, SaelabError
 from saelab.models import LoadedModel, load_model
 from saelab.models.tiny import torch_threads
@@ -105,28 +107,57 @@ def test_prefix_sequences_keep_positions_fixed_and_filler_clean(planted):
             assert not torch.isin(filler, torch.cat([prefix, x[None]])).any()
 
 
-def test_toy_model_prefix_experiment_runs_and_ablation_matches_toy_metric():
+@pytest.fixture(scope="module")
+def toy():
+    return load_model("toy")
+
+
+def toy_induction_heads(lm) -> tuple[Tensor, set[str]]:
+    scores = induction_scores(lm, n_seqs=8)
+    return scores, {h["head"] for h in top_heads(scores, INDUCTION_THRESHOLD)}
+
+
+def test_toy_induction_scores_find_the_heads_whose_ablation_hurts_copying(toy):
+    """The issue's "done when": the top-scored heads are the ones whose ablation hurts
+    ``induction.loss_ratio`` most, measured here and by the toy world's own metric."""
     from saelab.toy.evaluation import eval_induction
 
-    lm = load_model("toy")
-    with torch_threads(2):
-        result = prefix_induction(lm, range(1, 10), n_seqs=4)
-        scores = induction_scores(lm, n_seqs=8)
-        assert result.scores.shape == (9, lm.n_layers, lm.n_heads)
-        assert ((result.scores >= 0) & (result.scores <= 1)).all()
-        assert scores.shape == (lm.n_layers, lm.n_heads)
-        # the head with the top induction score: its ablation measured by the toy world's own metric
-        top = divmod(int(scores.argmax()), lm.n_heads)
-        clean = eval_induction(lm.model, lm.tokenizer, 16, 0)["loss_ratio"]
+    with torch_threads(1):
+        scores, heads = toy_induction_heads(toy)
+        clean, ablated = head_ablation_loss_ratios(toy, n_seqs=8)
+        top = divmod(int(scores.argmax()), toy.n_heads)
 
-        def zero(z):
+        def zero_top_head(z):
             z = z.clone()
             z[:, :, top[1]] = 0
             return z
 
-        with lm.hooks(edits={f"blocks.{top[0]}.attn.hook_z": zero}):
-            ablated = eval_induction(lm.model, lm.tokenizer, 16, 0)["loss_ratio"]
-    assert ablated >= clean - 0.02  # removing the top induction head never helps copying
+        toy_clean = eval_induction(toy.model, toy.tokenizer, 16, 0)["loss_ratio"]
+        with toy.hooks(edits={f"blocks.{top[0]}.attn.hook_z": zero_top_head}):
+            toy_ablated = eval_induction(toy.model, toy.tokenizer, 16, 0)["loss_ratio"]
+    assert heads and scores.max() > 0.8  # the final toy model has induction heads
+    assert clean < 0.1 and toy_clean < 0.1  # and copies almost perfectly
+    harm = (ablated - clean).flatten()
+    assert int(harm.argmax()) == int(scores.argmax())  # no head's ablation hurts more than the top head's
+    assert harm.max() > 0.5  # a clear margin: the second copy becomes about as hard as the first
+    assert toy_ablated > toy_clean + 0.5
+
+
+def test_toy_prefix_experiment_classifies_its_induction_heads(toy):
+    with torch_threads(1):
+        _, heads = toy_induction_heads(toy)
+        result = prefix_induction(toy, range(1, 10), n_seqs=4)
+    assert result.scores.shape == (9, toy.n_layers, toy.n_heads)
+    assert ((result.scores >= 0) & (result.scores <= 1)).all()
+    kinds = result.head_kinds()
+    assert set(kinds["long_prefix"]) | set(kinds["short_prefix"]) == heads  # exactly the induction heads
+    # the toy model's induction heads already find the target after one matching token, and a
+    # longer prefix helps them (unlike GPT-2 small's 5.1, none of them needs it)
+    assert set(kinds["short_prefix"]) == heads and kinds["long_prefix"] == []
+    for head in heads:
+        layer, h = map(int, head.split("."))
+        curve = result.scores[:, layer, h]
+        assert curve[0] > 0.4 and curve[1:].mean() > curve[0]
 
 
 def test_bad_arguments_are_refused(planted):

@@ -10,6 +10,7 @@ import argparse
 import json
 
 from saelab.attention import reports, views
+from saelab.cli_args import add_threads_argument, apply_threads
 
 
 def _common(parser: argparse.ArgumentParser, with_sae: bool = True) -> None:
@@ -19,6 +20,7 @@ def _common(parser: argparse.ArgumentParser, with_sae: bool = True) -> None:
                         "model the SAE folder records" if with_sae else "model spec (toy, a folder or a hub id)")
     parser.add_argument("--out", default=None, help="write PNG/HTML/JSON views to this folder")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    add_threads_argument(parser)
 
 
 def register(subparsers) -> None:
@@ -51,7 +53,8 @@ def register(subparsers) -> None:
     induction.add_argument("--no-ablate", action="store_true", help="skip the per-head ablation")
     induction.set_defaults(func=run_induction)
 
-    ioi = sub.add_parser("ioi", help="zero-ablate latents active at S2 on IOI prompts (toy world)")
+    ioi = sub.add_parser("ioi", help="zero-ablate latents active at S2 on IOI prompts (toy world; an SAE on a "
+                         "layer before the last, e.g. blocks.2.attn.hook_z of the toy model)")
     _common(ioi)
     ioi.add_argument("--n-prompts", type=int, default=64)
     ioi.add_argument("--seed", type=int, default=0)
@@ -68,6 +71,7 @@ def _emit(args, report: dict, lines: list[str], write) -> int:
 
 
 def run_census(args) -> int:
+    apply_threads(args)
     from saelab.attention.census import CensusConfig
 
     asae = reports.open_attention_sae(args.sae_dir, args.model)
@@ -81,6 +85,7 @@ def run_census(args) -> int:
 
 
 def run_dfa(args) -> int:
+    apply_threads(args)
     upstream = None
     asae = reports.open_attention_sae(args.sae_dir, args.model)
     if args.upstream:
@@ -101,6 +106,7 @@ def run_dfa(args) -> int:
 
 
 def run_induction(args) -> int:
+    apply_threads(args)
     from saelab.models import load_model
 
     lm = load_model(args.model or "toy")
@@ -116,9 +122,13 @@ def run_induction(args) -> int:
 
 
 def run_ioi(args) -> int:
+    apply_threads(args)
     asae = reports.open_attention_sae(args.sae_dir, args.model)
     report = reports.build_ioi_report(asae, args.n_prompts, args.seed, args.min_effect, progress=not args.json)
     lines = [f"IOI at S2 of {report['hook']}: clean logit diff {report['clean_logit_diff']}",
              f"  {report['n_latents_active_at_s2']} latents active; relevant: {report['relevant_latents']}; "
-             f"positional among them: {report['positional_relevant_latents']}"]
+             f"positional among them: {report['positional_relevant_latents']}",
+             "  most positional (ABBA-vs-BABA AUC at S2): " + ", ".join(
+                 f"{e['latent']} (AUC {e['abba_auc']}, |effect| {e['mean_abs_effect']:.3g})"
+                 for e in report["most_positional_latents"])]
     return _emit(args, report, lines, views.write_ioi)

@@ -8,6 +8,9 @@ its S2 activation tells ABBA from BABA: ``|AUC − 0.5| ≥ positional_auc_margi
 activation as a score for ABBA over all prompts), the two templates differing only in whether the
 subject comes before or after "and".
 
+The SAE must read a layer before the last: what a last-layer latent writes at S2 never reaches the
+final position, so every effect would be 0 (refused with an error naming the layers accepted).
+
 Prompts: ``saelab.toy.tasks`` IOI pairs (the toy world); any model whose tokenizer maps each prompt
 word to one token can use them (checked).
 """
@@ -89,6 +92,9 @@ class IOIResult:
                 "min_effect": self.min_effect,
                 "relevant_latents": [e["latent"] for e in relevant],
                 "positional_relevant_latents": [e["latent"] for e in relevant if e["positional"]],
+                "most_positional_latents": [
+                    {"latent": e["latent"], "abba_auc": e["abba_auc"], "mean_abs_effect": e["mean_abs_effect"]}
+                    for e in sorted(self.latents, key=lambda e: -abs(e["abba_auc"] - 0.5))[:5]],
                 "latents": self.latents}
 
 
@@ -101,6 +107,11 @@ def ioi_latent_ablation(asae: AttentionSAE, prompts: IOIPrompts, min_effect: flo
     check_range("min_effect", min_effect, 0)
     check_range("positional_auc_margin", positional_auc_margin, 0, 0.5)
     lm, sae, hook = asae.lm, asae.sae, asae.hook_name
+    if asae.layer >= lm.n_layers - 1:
+        accepted = (f"use an SAE on layers 0..{lm.n_layers - 2} (the layers whose S2 output later heads read)"
+                    if lm.n_layers > 1 else "a one-layer model has no such layer")
+        raise SaelabError(f"{hook} is the last attention layer of {lm.name}: a latent ablated at S2 cannot reach "
+                          f"the final position, so every effect would be 0; {accepted}")
     rows = torch.arange(prompts.ids.shape[0])
 
     def logit_diff(edits) -> Tensor:

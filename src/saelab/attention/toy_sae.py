@@ -1,7 +1,13 @@
 """Train a small ``hook_z`` SAE on the toy model with saelab's ordinary trainer (for tests, the demo
 and toy-world measurements). The activation stream flattens ``hook_z`` to ``[n_heads * d_head]``.
 
-    path = train_toy_attention_sae("/tmp/toy_attn_sae", layer=1)   # -> the SAE folder
+    path = train_toy_attention_sae("/tmp/toy_attn_sae")            # layer 3 -> the SAE folder
+
+Which layer: the bundled toy model's induction heads are 3.1 and 3.2 (``saelab attn induction``;
+zero-ablating 3.1 alone takes ``induction.loss_ratio`` from about 0.03 to about 1.5), and its heads
+at the IOI end position (3.0, 3.2, 3.3 read S2; 3.1 reads both earlier names) are in layer 3 too, so
+the default is layer 3 (census, DFA, induction latents). The IOI ablation at S2 needs an earlier
+layer (what layer 3 writes at S2 never reaches the end position): use ``layer=2`` (or 0, 1) for it.
 """
 
 from __future__ import annotations
@@ -10,7 +16,7 @@ from pathlib import Path
 
 from saelab.errors import check_range
 
-DEFAULT_LAYER = 1
+DEFAULT_LAYER = 3
 
 
 def toy_sae_folder(out_dir: str | Path, layer: int = DEFAULT_LAYER, d_sae: int = 512) -> Path:

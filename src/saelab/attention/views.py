@@ -131,8 +131,8 @@ def write_induction(report: dict, out_dir: str | Path) -> list[Path]:
     fig.colorbar(im)
     paths = [_save_png(fig, out / "induction.png")]
     prefix = report["prefix"]
-    fig, axes = plt.subplots(n_layers, n_heads, figsize=(1.6 * n_heads, 1.2 * n_layers), sharex=True, sharey=True,
-                             squeeze=False)
+    fig, axes = plt.subplots(n_layers, n_heads, figsize=(1.9 * n_heads + 1, 1.5 * n_layers + 1), sharex=True,
+                             sharey=True, squeeze=False, layout="constrained")
     for L in range(n_layers):  # noqa: N806
         for h in range(n_heads):
             key = f"{L}.{h}"
@@ -140,7 +140,8 @@ def write_induction(report: dict, out_dir: str | Path) -> list[Path]:
             axes[L][h].plot(prefix["prefix_lengths"], prefix["scores"][key], color=color)
             axes[L][h].set_title(key, fontsize=7)
             axes[L][h].set_ylim(0, 1)
-    fig.suptitle("attention to the token after the earlier prefix vs prefix length (red: needs a long prefix)")
+    fig.supxlabel("prefix length")
+    fig.suptitle("attention to the token after the earlier prefix\n(red: needs a long prefix, green: a short one)")
     paths.append(_save_png(fig, out / "prefix.png"))
     atomic_write_json(out / "induction.json", report)
     return [*paths, out / "induction.json"]
