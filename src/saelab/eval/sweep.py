@@ -1,0 +1,255 @@
+"""Frontier sweeps: several architectures at several sparsity settings, trained together from one
+activation stream, then evaluated side by side.
+
+    from saelab.eval import SweepConfig, run_sweep
+    result = run_sweep(lm, SweepConfig(hook="blocks.2.hook_resid_pre", archs=("relu", "topk", "jumprelu"),
+                                       points=3), "runs/sweep")
+    result["rows"]          # one dict per SAE: architecture, sparsity setting, l0, fvu, delta_loss, ...
+    result["matched_l0"]    # metrics interpolated at common L0 values, with the ordering there
+    result["files"]         # sweep.json, sweep.csv, delta_loss_vs_l0.png, fvu_vs_l0.png
+
+Every (architecture, sparsity) point is an SAE of ``saelab.train``'s multi-SAE trainer, so one
+forward pass of the model feeds all of them (``ActivationStore``, or an ``ActivationCache`` folder).
+The sparsity knob is ``k`` (topk, batchtopk), ``l1_coefficient`` (relu, tied, gated) or
+``l0_coefficient`` (jumprelu), spaced geometrically over a range per architecture (``DEFAULT_RANGES``,
+for inputs normalised to E‖x‖² = 1 as the trainer does; override with ``ranges``). SAEs are then
+evaluated on held-out data (``saelab.eval.evaluate``).
+
+Matched L0: architectures rarely land on the same L0, so each one's metric is interpolated linearly
+in log L0 between its neighbouring points, at L0 values spaced geometrically over the range every
+architecture covers (or, when they share none, over the range all points span); an architecture is
+compared only inside its own L0 range (no extrapolation).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from saelab.errors import ConfigError, SaelabError, check_choice, check_range
+from saelab.eval.evaluate import DEFAULT_EVAL_SOURCE, EvalConfig, evaluate_saes
+from saelab.eval.plots import plot_frontier
+from saelab.fileio import atomic_write_bytes, atomic_write_json
+from saelab.models import LoadedModel
+from saelab.sae.config import ARCHITECTURES, SAEConfig
+
+SPARSITY_FIELD = {"relu": "l1_coefficient", "tied": "l1_coefficient", "gated": "l1_coefficient",
+                  "topk": "k", "batchtopk": "k", "jumprelu": "l0_coefficient"}
+SHORT_FIELD = {"l1_coefficient": "l1", "l0_coefficient": "l0", "k": "k"}
+# (sparsest, densest) settings; measured on the toy model's residual stream to give overlapping L0 ranges
+DEFAULT_RANGES: dict[str, tuple[float, float]] = {
+    "relu": (1.0, 0.15), "tied": (1.0, 0.15), "gated": (2.0, 0.4),
+    "topk": (4, 64), "batchtopk": (4, 64), "jumprelu": (5e-2, 1e-3),
+}
+TABLE_COLUMNS = ("name", "architecture", "sparsity_field", "sparsity_value", "d_sae", "l0", "fvu", "mse", "cosine",
+                 "delta_loss", "ce_loss_recovered", "kl", "kl_recovered", "dead_fraction", "dense_fraction",
+                 "ce_clean", "ce_spliced", "path")
+PLOTTED = ("delta_loss", "fvu")
+
+
+@dataclass
+class SweepConfig:
+    """One frontier sweep.
+
+    hook: the activation site. archs: architectures (``saelab.sae.ARCHITECTURES``). points: sparsity
+    settings per architecture. d_sae: latents per SAE (default ``expansion`` × the hook's width).
+    ranges: ``{arch: (sparsest, densest)}`` overriding ``DEFAULT_RANGES``. lrs: ``{arch: lr}``
+    overriding ``lr`` per architecture. train_tokens, batch_size, lr, seed: training (the warm-up of
+    lr and sparsity, the lr decay and the dead-latent window scale with the run's length).
+    train_source: data spec for training (default the toy documents of seed 0), unless a cache is
+    given to ``run_sweep``. eval_source, eval: the held-out evaluation (error-term check off by
+    default here: it is a property of splicing, tested by ``saelab eval``).
+    """
+
+    hook: str
+    archs: tuple[str, ...] = ("relu", "topk", "jumprelu")
+    points: int = 3
+    d_sae: int | None = None
+    expansion: int = 4
+    ranges: dict[str, tuple[float, float]] = field(default_factory=dict)
+    lrs: dict[str, float] = field(default_factory=dict)
+    train_tokens: int = 400_000
+    batch_size: int = 2048
+    lr: float = 1e-3
+    seed: int = 0
+    context_size: int = 128
+    train_source: str = "toy:0"
+    eval_source: str = DEFAULT_EVAL_SOURCE
+    eval: EvalConfig = field(default_factory=lambda: EvalConfig(tokens=16_384, check_error_term=False))
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.hook, str) or not self.hook:
+            raise ConfigError(f"hook={self.hook!r} must be a hook name such as blocks.2.hook_resid_pre")
+        if isinstance(self.archs, str):
+            self.archs = tuple(a.strip() for a in self.archs.split(",") if a.strip())
+        self.archs = tuple(self.archs)
+        if not self.archs:
+            raise ConfigError(f"archs is empty; choose from: {', '.join(ARCHITECTURES)}")
+        for arch in self.archs:
+            check_choice("archs[]", arch, ARCHITECTURES)
+        if len(set(self.archs)) != len(self.archs):
+            raise ConfigError(f"archs={','.join(self.archs)} lists an architecture twice; give each once")
+        check_range("points", self.points, 1, 50, integer=True)
+        if self.d_sae is not None:
+            check_range("d_sae", self.d_sae, 1, None, integer=True)
+        check_range("expansion", self.expansion, 1, 1024, integer=True)
+        check_range("train_tokens", self.train_tokens, 1, None, integer=True)
+        check_range("batch_size", self.batch_size, 1, None, integer=True)
+        check_range("lr", self.lr, 0, lo_open=True)
+        check_range("seed", self.seed, 0, None, integer=True)
+        check_range("context_size", self.context_size, 2, 1 << 20, integer=True)
+        for arch, value in self.lrs.items():
+            check_choice("lrs key", arch, ARCHITECTURES)
+            check_range(f"lrs[{arch!r}]", value, 0, lo_open=True)
+        self.ranges = {arch: tuple(bounds) for arch, bounds in self.ranges.items()}
+        for arch, bounds in self.ranges.items():
+            check_choice("ranges key", arch, ARCHITECTURES)
+            if len(bounds) != 2:
+                raise ConfigError(f"ranges[{arch!r}]={bounds!r} must be two numbers (sparsest, densest)")
+            for value in bounds:
+                check_range(f"ranges[{arch!r}]", value, 0, lo_open=True)
+        if self.train_tokens < self.batch_size:
+            raise ConfigError(f"train_tokens={self.train_tokens} is less than one batch of {self.batch_size}; "
+                              "accepted: train_tokens >= batch_size")
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["archs"] = list(self.archs)
+        data["ranges"] = {k: list(v) for k, v in self.ranges.items()}
+        return data
+
+
+def sparsity_settings(arch: str, points: int, bounds: tuple[float, float] | None = None) -> list[float]:
+    """``points`` values of the architecture's sparsity knob, geometric from its sparsest to its densest
+    setting (integers without repeats for k)."""
+    lo, hi = bounds or DEFAULT_RANGES[arch]
+    values = [lo] if points == 1 else [lo * (hi / lo) ** (i / (points - 1)) for i in range(points)]
+    if SPARSITY_FIELD[arch] == "k":
+        values = list(dict.fromkeys(max(1, round(v)) for v in values))
+    else:
+        values = [float(f"{v:.3g}") for v in values]
+    return values
+
+
+def sweep_sae_configs(config: SweepConfig, d_in: int) -> list[SAEConfig]:
+    """The SAEs of the sweep, named ``{arch}.{knob}={value}``."""
+    d_sae = config.d_sae or config.expansion * d_in
+    cfgs = []
+    for arch in config.archs:
+        knob = SPARSITY_FIELD[arch]
+        for value in sparsity_settings(arch, config.points, config.ranges.get(arch)):
+            value = int(value) if knob == "k" else value
+            if knob == "k" and value > d_sae:
+                raise ConfigError(f"k={value} for {arch} exceeds d_sae={d_sae}; lower ranges[{arch!r}] or raise d_sae")
+            cfgs.append(SAEConfig(arch, d_in, d_sae, hook_name=config.hook, name=f"{arch}.{SHORT_FIELD[knob]}={value:g}",
+                                  lr=config.lrs.get(arch), **{knob: value}))
+    return cfgs
+
+
+def sweep_train_config(config: SweepConfig):
+    """The ``TrainConfig`` of the sweep: warm-ups and decay as fractions of the run."""
+    from saelab.train import TrainConfig
+
+    steps = math.ceil(config.train_tokens / config.batch_size)
+    return TrainConfig(
+        tokens=config.train_tokens, batch_size=config.batch_size, lr=config.lr, seed=config.seed,
+        lr_warmup_steps=max(0, steps // 20), lr_decay_steps=max(0, steps // 5),
+        sparsity_warmup_steps=max(0, steps // 4), log_every=max(1, steps // 10),
+        dead_window_tokens=max(config.batch_size, config.train_tokens // 10),
+    )
+
+
+def matched_l0(rows: list[dict], metrics: tuple[str, ...] = PLOTTED, n_points: int = 5) -> list[dict]:
+    """Each architecture's metrics interpolated (linear in log L0) at ``n_points`` L0 values spaced
+    geometrically over the L0 range all architectures share (else the whole range); per L0,
+    ``order_by_delta_loss`` lists the architectures covering it, best first."""
+    by_arch: dict[str, list[dict]] = {}
+    for r in rows:
+        if r.get("l0") and all(r.get(m) is not None for m in metrics):
+            by_arch.setdefault(r["architecture"], []).append(r)
+    if not by_arch:
+        return []
+    lows = [min(r["l0"] for r in group) for group in by_arch.values()]
+    highs = [max(r["l0"] for r in group) for group in by_arch.values()]
+    lo, hi = max(lows), min(highs)  # where every architecture has a value
+    if lo >= hi:  # no common range: cover every architecture's own range
+        lo, hi = min(lows), max(highs)
+    grid = [lo] if hi <= lo else list(np.geomspace(lo, hi, n_points))
+    out = []
+    for target in grid:
+        entry: dict = {"l0": float(target), "values": {}}
+        for arch, group in by_arch.items():
+            pts = sorted(group, key=lambda r: r["l0"])
+            x = np.log([p["l0"] for p in pts])
+            if not x[0] - 1e-9 <= math.log(target) <= x[-1] + 1e-9:
+                continue
+            entry["values"][arch] = {m: float(np.interp(math.log(target), x, [p[m] for p in pts])) for m in metrics}
+        if "delta_loss" in metrics:
+            entry["order_by_delta_loss"] = sorted(entry["values"], key=lambda a: entry["values"][a]["delta_loss"])
+        out.append(entry)
+    return out
+
+
+def table_csv(rows: list[dict]) -> str:
+    """The rows as CSV with ``TABLE_COLUMNS`` (null metrics as empty cells)."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=TABLE_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in TABLE_COLUMNS})
+    return buffer.getvalue()
+
+
+def run_sweep(lm: LoadedModel, config: SweepConfig, out_dir: str | os.PathLike, *, cache: str | None = None,
+              resume: bool = False) -> dict:
+    """Train, evaluate, and write the table and plots under ``out_dir`` (see module docstring). ``cache``:
+    an activation-cache folder holding ``config.hook`` to train from instead of running the model.
+    ``resume``: continue an interrupted training run in ``out_dir/train``."""
+    from saelab.data import ActivationCache, ActivationStore, StoreConfig, open_source
+    from saelab.data.packing import PackingConfig
+    from saelab.train import train_saes
+
+    out = Path(out_dir)
+    hook = lm.parse_hooks([config.hook])[0].name
+    d_in = lm.hook_d_in(hook)
+    sae_cfgs = sweep_sae_configs(config, d_in)
+    if cache is not None:
+        source = ActivationCache(cache, hooks=[hook], batch_size=config.batch_size, seed=config.seed)
+        if source.d_in[hook] != d_in:
+            raise SaelabError(f"cache {cache!r} holds {source.d_in[hook]} values per token for {hook}, model "
+                              f"{lm.name!r} has {d_in}; use a cache of this model")
+    else:
+        store_cfg = StoreConfig(packing=PackingConfig(context_size=config.context_size), batch_size=config.batch_size,
+                                seed=config.seed, repeat=True)
+        source = ActivationStore(lm, open_source(config.train_source), [hook], store_cfg)
+    trained = train_saes(sae_cfgs, source, sweep_train_config(config), out / "train", resume=resume,
+                         progress=config.progress)
+    saes = [trained[c.name] for c in sae_cfgs]
+    eval_cfg = EvalConfig(**{**config.eval.to_dict(), "context_size": config.context_size,
+                             "progress": config.progress})
+    results = evaluate_saes(lm, saes, config.eval_source, eval_cfg)
+    rows = []
+    for cfg, result in zip(sae_cfgs, results, strict=True):
+        knob = SPARSITY_FIELD[cfg.architecture]
+        m = result.metrics
+        rows.append({"name": cfg.name, "architecture": cfg.architecture, "sparsity_field": knob,
+                     "sparsity_value": getattr(cfg, knob), "d_sae": cfg.d_sae,
+                     **{k: m[k] for k in TABLE_COLUMNS if k in m and k not in ("name", "architecture", "d_sae")},
+                     "path": str(out / "train" / "saes" / cfg.name), "warnings": m["warnings"]})
+    files = {"json": str(out / "sweep.json"), "csv": str(out / "sweep.csv"),
+             "delta_loss_plot": str(out / "delta_loss_vs_l0.png"), "fvu_plot": str(out / "fvu_vs_l0.png")}
+    title = f"{lm.name} {hook}, d_sae {sae_cfgs[0].d_sae}, {config.train_tokens:,} training tokens"
+    plot_frontier(rows, "delta_loss", files["delta_loss_plot"], title=f"delta LM loss vs L0: {title}")
+    plot_frontier(rows, "fvu", files["fvu_plot"], title=f"FVU vs L0: {title}")
+    result = {"model": lm.name, "hook": hook, "d_in": d_in, "config": config.to_dict(), "rows": rows,
+              "matched_l0": matched_l0(rows), "files": files}
+    atomic_write_bytes(files["csv"], table_csv(rows).encode())
+    atomic_write_json(files["json"], result)
+    return result

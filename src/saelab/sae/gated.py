@@ -1,0 +1,54 @@
+"""Gated SAE (Rajamanoharan et al. 2024, arXiv 2404.16014).
+
+π_gate = (x − b_dec) W_gate + b_gate; π_mag = (x − b_dec) W_mag + b_mag with
+W_mag = exp(r_mag) ⊙ W_gate (so π_mag = ((x − b_dec) W_gate) ⊙ exp(r_mag) + b_mag: one matmul);
+f = 1[π_gate > 0] ⊙ ReLU(π_mag); x̂ = f W_dec + b_dec.
+Loss = ‖x − x̂‖² + λ Σ_i ReLU(π_gate)_i ‖W_dec[i]‖ + ‖x − (ReLU(π_gate) sg(W_dec) + sg(b_dec))‖²,
+sg = stop-gradient, so the auxiliary reconstruction trains only the gate path.
+``W_enc`` holds W_gate (SAELens' name).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from saelab.sae.base import SAE, SAEOutput
+from saelab.sae.dense import effective_bias
+
+
+class GatedSAE(SAE):
+    architecture = "gated"
+
+    def init_encoder(self) -> None:
+        zeros = torch.zeros(self.cfg.d_sae, dtype=self.cfg.torch_dtype)
+        self.W_enc = nn.Parameter(self.W_dec.detach().t().contiguous() * self.cfg.encoder_init_scale)
+        self.b_gate = nn.Parameter(zeros.clone())
+        self.r_mag = nn.Parameter(zeros.clone())
+        self.b_mag = nn.Parameter(zeros.clone())
+
+    def _paths(self, shared: Tensor) -> tuple[Tensor, Tensor]:
+        """(π_gate, π_mag), each [n, d_sae], from shared = (x − b_dec) W_gate."""
+        return shared + self.b_gate, torch.addcmul(self.b_mag, shared, self.r_mag.exp())
+
+    def encode_flat(self, x: Tensor) -> Tensor:
+        gate, mag = self._paths(self._centered(x) @ self.W_enc)
+        return torch.where(gate > 0, torch.relu(mag), 0.0)
+
+    def training_forward(self, x: Tensor, sparsity_scale: float, dead_mask: Tensor | None) -> SAEOutput:
+        bias = effective_bias(torch.zeros_like(self.b_mag), self.b_dec, self.W_enc, self.cfg.apply_b_dec_to_input)
+        gate, mag = self._paths(torch.addmm(bias, x, self.W_enc))
+        acts = torch.where(gate > 0, torch.relu(mag), 0.0)
+        x_hat = torch.addmm(self.b_dec, acts, self.W_dec)
+        gate_acts = torch.relu(gate)
+        if self.cfg.unit_norm_decoder:
+            l1 = gate_acts.sum() / x.shape[0]
+        else:
+            l1 = (gate_acts @ self.decoder_norms()).mean()
+        via_gate = torch.addmm(self.b_dec.detach(), gate_acts, self.W_dec.detach())
+        losses = {
+            "mse": self.mse(x, x_hat),
+            "l1": self.cfg.l1_coefficient * sparsity_scale * l1,
+            "aux_recon": self.mse(x, via_gate),
+        }
+        return SAEOutput(x_hat, losses, dense_acts=acts)

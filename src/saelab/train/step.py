@@ -1,0 +1,80 @@
+"""One SAE's full training update: forward, loss, backward, decoder projection, clipping, Adam, bookkeeping.
+
+``SAEUpdater`` is what the trainer runs for each SAE on each batch, and what the step benchmark
+times, so the figures there are the trainer's own.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from saelab.sae.base import SAE, SAEOutput
+from saelab.sae.dense import Workspace
+from saelab.train.config import TrainConfig
+from saelab.train.dead import LatentTracker
+
+AUXK_ARCHITECTURES = ("topk", "batchtopk")
+
+
+@dataclass
+class StepResult:
+    """What one update did. ok=False: nothing was changed, ``problem`` says why (non-finite loss/grad)."""
+
+    out: SAEOutput
+    loss: float
+    grad_norm: float | None
+    ok: bool = True
+    problem: str = ""
+
+
+def make_optimizer(sae: SAE, cfg: TrainConfig) -> torch.optim.Adam:
+    """Adam over the SAE's parameters (fused kernel where the device and dtype support it)."""
+    params = [p for p in sae.parameters() if p.requires_grad]
+    kwargs = {"lr": cfg.lr, "betas": tuple(cfg.adam_betas), "eps": cfg.adam_eps}
+    try:
+        return torch.optim.Adam(params, fused=True, **kwargs)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.Adam(params, **kwargs)
+
+
+class SAEUpdater:
+    """An SAE with its optimiser and firing statistics."""
+
+    def __init__(self, sae: SAE, cfg: TrainConfig):
+        self.sae, self.cfg = sae, cfg
+        sae.workspace = Workspace()  # outputs of a step are not kept past the next one
+        self.optimizer = make_optimizer(sae, cfg)
+        self.tracker = LatentTracker(sae.cfg.d_sae, device=sae.W_dec.device)
+        self.uses_dead_mask = sae.cfg.architecture in AUXK_ARCHITECTURES
+        self.params = [p for group in self.optimizer.param_groups for p in group["params"]]
+
+    def step(self, x: Tensor, lr: float, sparsity_scale: float, count_density: bool = False) -> StepResult:
+        """One update on ``x [batch, d_in]`` at learning rate ``lr``."""
+        dead = self.tracker.dead_mask(self.cfg.dead_window_tokens) if self.uses_dead_mask else None
+        out = self.sae(x, sparsity_scale=sparsity_scale, dead_mask=dead)
+        loss = out.loss
+        loss_value = float(loss.detach())
+        if not math.isfinite(loss_value):
+            return StepResult(out, loss_value, None, ok=False, problem="loss")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.sae.remove_parallel_decoder_grad_()
+        grads = [p.grad for p in self.params if p.grad is not None]
+        grad_norm = float(torch.nn.utils.get_total_norm(grads))
+        if not math.isfinite(grad_norm):
+            self.optimizer.zero_grad(set_to_none=True)
+            return StepResult(out, loss_value, grad_norm, ok=False, problem="gradient")
+        max_norm = self.cfg.grad_clip_norm
+        if max_norm is not None and grad_norm > max_norm:
+            for grad in grads:
+                grad.mul_(max_norm / (grad_norm + 1e-6))
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.step()
+        self.sae.after_step_(out)
+        self.tracker.update(out.fire_counts(), x.shape[0], count_density)
+        return StepResult(out, loss_value, grad_norm)

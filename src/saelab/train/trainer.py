@@ -1,0 +1,467 @@
+"""Train several SAEs from one stream of activation batches, with exact resume.
+
+    from saelab.sae import SAEConfig
+    from saelab.train import TrainConfig, train_saes
+    saes = train_saes([SAEConfig("jumprelu", d_in=512, d_sae=2048, hook_name="blocks.1.attn.hook_z")],
+                      source, TrainConfig(tokens=2_000_000, batch_size=4096), "runs/demo")
+
+Each batch ``{hook: [batch, d_in]}`` from the source feeds every SAE that reads that hook (several
+SAEs may share a hook). Under ``out_dir``:
+
+    metrics.jsonl            one JSON line per SAE every log_every steps
+    checkpoints/step_N/      state.json + one safetensors file per SAE (weights, Adam, counters) + rng
+    saes/<name>/             the trained SAEs (SAELens-format folders, normalisation folded in)
+
+A run stopped anywhere and resumed (``resume=True``) continues from its newest checkpoint and ends
+with the same weights as an uninterrupted run (same machine, same settings).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from saelab.errors import ConfigError, SaelabError
+from saelab.sae.base import SAE
+from saelab.sae.config import SAEConfig
+from saelab.sae.folder import save_sae
+from saelab.sae.registry import make_sae
+from saelab.train.allocator import tune_cpu_allocator
+from saelab.train.checkpoint import (
+    checkpoint_dirs,
+    optimizer_from_files,
+    optimizer_to_files,
+    read_latest_checkpoint,
+    write_checkpoint,
+)
+from saelab.train.config import RESUMABLE_CHANGES, TrainConfig
+from saelab.train.dead import resample_dead_latents_
+from saelab.train.init import b_dec_from_sample
+from saelab.train.metrics import MetricsLog
+from saelab.train.schedule import lr_factor, sparsity_scale
+from saelab.train.source import check_source
+from saelab.train.step import SAEUpdater, StepResult
+
+logger = logging.getLogger("saelab.train")
+SAES_DIR = "saes"
+RNG_FILE = "rng.safetensors"
+
+
+class NonFiniteError(SaelabError):
+    """NaN or inf in activations, a loss or a gradient; the last checkpoint is left as it was."""
+
+
+def sae_seed(seed: int, name: str) -> int:
+    """Initialisation seed of one SAE: depends on the run seed and the SAE's name only."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{name}".encode()).digest()[:8], "little") & (2**63 - 1)
+
+
+class _Window:
+    """Metric sums over the current log window of one SAE (input statistics are per hook, shared)."""
+
+    def __init__(self, d_in: int):
+        self.x_sum = torch.zeros(d_in, dtype=torch.float64)
+        self.reset()
+
+    def reset(self) -> None:
+        self.x_sum.zero_()
+        self.steps = 0
+        self.n = 0
+        self.x_sq = 0.0
+        self.sse = 0.0
+        self.l0 = 0.0
+        self.losses: dict[str, float] = {}
+        self.grad_norm = 0.0
+
+    def add(self, x_stats: tuple[Tensor, float], result: StepResult) -> None:
+        """x_stats: (Σ_batch x [d_in] float64, Σ_batch ‖x‖²) of the batch this update used."""
+        out = result.out
+        n = out.n_tokens
+        self.steps += 1
+        self.n += n
+        self.x_sum += x_stats[0]
+        self.x_sq += x_stats[1]
+        self.sse += float(out.losses["mse"].detach()) * n
+        self.l0 += float(out.fire_counts().sum()) / n
+        for key, value in out.losses.items():
+            self.losses[key] = self.losses.get(key, 0.0) + float(value.detach())
+        self.grad_norm = float(result.grad_norm or 0.0)
+
+    def summary(self) -> dict[str, Any]:
+        steps = max(self.steps, 1)
+        variance = self.x_sq - float(self.x_sum.pow(2).sum()) / max(self.n, 1)
+        return {"loss": sum(self.losses.values()) / steps,
+                "losses": {k: v / steps for k, v in self.losses.items()},
+                "l0": self.l0 / steps,
+                "fvu": self.sse / variance if variance > 0 else float("nan"),
+                "mse": self.sse / max(self.n, 1),
+                "grad_norm": self.grad_norm}
+
+    def scalars(self) -> dict[str, Any]:
+        return {"steps": self.steps, "n": self.n, "x_sq": self.x_sq, "sse": self.sse, "l0": self.l0,
+                "losses": self.losses, "grad_norm": self.grad_norm}
+
+    def load(self, x_sum: Tensor, scalars: dict[str, Any]) -> None:
+        self.x_sum.copy_(x_sum)
+        for key, value in scalars.items():
+            setattr(self, key, dict(value) if key == "losses" else value)
+
+
+class _Member:
+    """One SAE in the run: its updater, metrics window and counters."""
+
+    def __init__(self, sae: SAE, cfg: TrainConfig):
+        self.sae = sae
+        self.base_lr = sae.cfg.lr if sae.cfg.lr is not None else cfg.lr
+        self.updater = SAEUpdater(sae, cfg)
+        self.window = _Window(sae.cfg.d_in)
+        self.skipped_updates = 0
+        self.resampled = 0
+        self.last_record: dict[str, Any] = {}
+
+    @property
+    def name(self) -> str:
+        return self.sae.cfg.name
+
+    @property
+    def hook(self) -> str:
+        return self.sae.cfg.hook_name
+
+
+class Trainer:
+    """Trains ``sae_cfgs`` on ``source`` with ``cfg``, writing everything under ``out_dir``."""
+
+    def __init__(self, sae_cfgs: list[SAEConfig], source: Any, cfg: TrainConfig, out_dir: str | Path, *,
+                 progress: bool = True, extra_meta: dict[str, Any] | None = None):
+        if not isinstance(cfg, TrainConfig):
+            raise ConfigError(f"cfg must be a TrainConfig, got {type(cfg).__name__}")
+        _check_sae_cfgs(sae_cfgs)
+        check_source(source)
+        self.cfg, self.source, self.out_dir = cfg, source, Path(out_dir)
+        self.progress, self.extra_meta = progress, dict(extra_meta or {})
+        self.device = torch.device(cfg.device)
+        factors = getattr(source, "normalization_factors", None) or {}
+        self.factors = {c.hook_name: float(factors.get(c.hook_name, 1.0)) for c in sae_cfgs}
+        if cfg.resample_dead_every and not any(c.architecture == "relu" for c in sae_cfgs):
+            raise ConfigError("resample_dead_every applies to relu SAEs, and this run has none; set it to 0")
+        self.members = [_Member(make_sae(c, seed=sae_seed(cfg.seed, c.name)).to(self.device), cfg)
+                        for c in sae_cfgs]
+        self.hooks = sorted({m.hook for m in self.members})
+        self.generator = torch.Generator().manual_seed(cfg.seed)
+        self.step = self.tokens = self.batches_consumed = self.skipped_batches = 0
+        self.b_dec_initialized = False
+        self.checkpointed_step = -1
+        self.lr_factor = lr_factor(0, cfg)
+
+    # ------------------------------------------------------------------ the loop
+    def run(self, resume: bool = False, stop_at_step: int | None = None) -> dict[str, SAE]:
+        """Train to the end (or until ``stop_at_step``) and return ``{name: SAE}`` for raw activations.
+
+        resume: continue from the newest checkpoint in out_dir (a fresh start when there is none).
+        stop_at_step: checkpoint and return after this many steps (the run can be resumed later).
+        """
+        cfg = self.cfg
+        if stop_at_step is not None and stop_at_step < 1:
+            raise ConfigError(f"stop_at_step={stop_at_step!r} is out of range; accepted: a step >= 1")
+        resumed = self._restore() if resume else self._check_fresh()
+        metrics = MetricsLog(self.out_dir, cfg.log_to, cfg.wandb_project, self._run_config())
+        metrics.truncate_after(self.step if resumed else -1)
+        if cfg.tune_cpu_allocator and self.device.type == "cpu":
+            tune_cpu_allocator()
+        total = cfg.total_steps
+        end = total if stop_at_step is None else min(total, stop_at_step)
+        density_from = max(0, total - math.ceil(cfg.dead_window_tokens / cfg.batch_size))
+        bar = tqdm(total=total, initial=self.step, disable=not self.progress, unit="step", dynamic_ncols=True,
+                   desc="train")
+        batches = self.source.iter_batches(self.batches_consumed)
+        started, started_tokens = time.perf_counter(), self.tokens
+        try:
+            while self.step < end:
+                batch = next(batches, None)
+                if batch is None:
+                    raise SaelabError(f"the batch source ended after {self.batches_consumed} batches, but the run "
+                                      f"needs {total} steps; give a longer source or fewer steps/tokens")
+                self.batches_consumed += 1
+                xs = self._prepare(batch)
+                if xs is None:
+                    continue
+                if not self.b_dec_initialized:
+                    self._init_b_dec(xs)
+                self._train_step(xs, count_density=self.step >= density_from)
+                bar.update(1)
+                if self.step % cfg.log_every == 0 or self.step == total:
+                    rate = (self.tokens - started_tokens) / max(time.perf_counter() - started, 1e-9)
+                    metrics.write(self._records(rate))
+                    bar.set_postfix_str(self._postfix())
+                if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
+                    self._checkpoint()
+            if self.step != self.checkpointed_step:
+                self._checkpoint()
+        finally:
+            bar.close()
+            metrics.close()
+        if self.step >= total:
+            return self._save_final()
+        return {m.name: self._export(m) for m in self.members}
+
+    def _train_step(self, xs: dict[str, Tensor], count_density: bool) -> None:
+        cfg = self.cfg
+        factor = lr_factor(self.step, cfg)
+        scale = sparsity_scale(self.step, cfg)
+        n_tokens = next(iter(xs.values())).shape[0]
+        with torch.no_grad():
+            stats = {hook: (x.double().sum(0).cpu(), float(x.double().pow(2).sum())) for hook, x in xs.items()}
+        for m in self.members:
+            x = xs[m.hook]
+            result = m.updater.step(x, m.base_lr * factor, scale, count_density)
+            if not result.ok:
+                self._bad_update(m, result)
+                continue
+            m.window.add(stats[m.hook], result)
+            if (cfg.resample_dead_every and m.sae.cfg.architecture == "relu"
+                    and (self.step + 1) % cfg.resample_dead_every == 0):
+                dead = m.updater.tracker.dead_mask(cfg.dead_window_tokens)
+                count = resample_dead_latents_(m.sae, m.updater.optimizer, dead, x, result.out.x_hat.detach(),
+                                               self.generator, cfg.resample_encoder_scale)
+                m.updater.tracker.tokens_since_fired.masked_fill_(dead, 0)
+                m.resampled += count
+        self.step += 1
+        self.tokens += n_tokens
+        self.lr_factor = factor
+
+    def _prepare(self, batch: dict[str, Tensor]) -> dict[str, Tensor] | None:
+        """Check and move one batch; None when it is skipped for non-finite values."""
+        if not isinstance(batch, dict):
+            raise SaelabError(f"the batch source yielded a {type(batch).__name__}; expected a dict "
+                              "{hook_name: Tensor[batch, d_in]}")
+        xs, rows = {}, {}
+        for hook in self.hooks:
+            if hook not in batch:
+                raise SaelabError(f"the batch source gave no activations for hook {hook!r} (it gave: "
+                                  f"{', '.join(map(repr, batch)) or 'nothing'}); the SAEs "
+                                  f"{', '.join(m.name for m in self.members if m.hook == hook)} read it")
+            x = batch[hook]
+            member = next(m for m in self.members if m.hook == hook)
+            member.sae.check_input(x)
+            x = x.reshape(-1, x.shape[-1]).to(device=self.device, dtype=member.sae.W_dec.dtype)
+            if not bool(torch.isfinite(x).all()):
+                names = ", ".join(m.name for m in self.members if m.hook == hook)
+                if not self.cfg.skip_bad_batches:
+                    raise NonFiniteError(
+                        f"step {self.step}: activations of hook {hook!r} (batch {self.batches_consumed - 1}, read "
+                        f"by SAE {names}) contain NaN or inf; training stopped and the last checkpoint is "
+                        "intact. Fix the activation source, or set skip_bad_batches=True to skip such batches")
+                self.skipped_batches += 1
+                if self.skipped_batches > self.cfg.max_skipped_batches:
+                    raise NonFiniteError(f"step {self.step}: skipped {self.skipped_batches} batches with NaN/inf "
+                                         f"activations (hook {hook!r}), more than max_skipped_batches="
+                                         f"{self.cfg.max_skipped_batches}; the activation source looks broken")
+                logger.warning("step %d: skipped batch %d (NaN/inf in %s)", self.step, self.batches_consumed - 1,
+                               hook)
+                return None
+            xs[hook], rows[hook] = x, x.shape[0]
+        if len(set(rows.values())) > 1:
+            raise SaelabError(f"hooks in one batch must have the same number of tokens; got {rows}")
+        return xs
+
+    def _bad_update(self, m: _Member, result: StepResult) -> None:
+        terms = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in result.out.losses.items())
+        if not self.cfg.skip_bad_batches:
+            raise NonFiniteError(
+                f"step {self.step}: the {result.problem} of SAE {m.name!r} (hook {m.hook!r}) is not finite "
+                f"({terms}); training stopped and the last checkpoint is intact. Lower lr or the sparsity "
+                "coefficient, enable grad_clip_norm, or set skip_bad_batches=True to skip such updates")
+        m.skipped_updates += 1
+        if m.skipped_updates > self.cfg.max_skipped_batches:
+            raise NonFiniteError(f"step {self.step}: SAE {m.name!r} (hook {m.hook!r}) skipped {m.skipped_updates} "
+                                 f"updates with a non-finite {result.problem}, more than max_skipped_batches="
+                                 f"{self.cfg.max_skipped_batches}")
+        logger.warning("step %d: skipped the update of %s (non-finite %s: %s)", self.step, m.name,
+                       result.problem, terms)
+
+    @torch.no_grad()
+    def _init_b_dec(self, xs: dict[str, Tensor]) -> None:
+        for hook, x in xs.items():
+            b_dec = b_dec_from_sample(x, self.cfg.b_dec_init)
+            for m in self.members:
+                if m.hook == hook and m.sae.has_b_dec:
+                    m.sae.b_dec.copy_(b_dec)
+        self.b_dec_initialized = True
+
+    # ------------------------------------------------------------------ metrics
+    def _records(self, tokens_per_s: float) -> list[dict[str, Any]]:
+        records = []
+        for m in self.members:
+            tracker = m.updater.tracker
+            summary = m.window.summary()
+            record = {"step": self.step, "tokens": self.tokens, "sae": m.name, "hook": m.hook,
+                      "architecture": m.sae.cfg.architecture, "lr": m.base_lr * self.lr_factor,
+                      "sparsity_scale": sparsity_scale(self.step - 1, self.cfg), **summary,
+                      "dead_fraction": float(tracker.dead_mask(self.cfg.dead_window_tokens).double().mean()),
+                      "dense_fraction": tracker.dense_fraction(self.cfg.dense_density),
+                      "skipped_batches": self.skipped_batches, "skipped_updates": m.skipped_updates,
+                      "resampled": m.resampled, "tokens_per_s": tokens_per_s}
+            if m.sae.cfg.architecture == "batchtopk":
+                record["threshold"] = float(m.sae.threshold)
+            if m.sae.cfg.architecture == "jumprelu":
+                record["threshold_mean"] = float(m.sae.threshold.detach().mean())
+            records.append(record)
+            m.last_record = record
+            m.window.reset()
+            tracker.reset_window()
+        return records
+
+    def _postfix(self) -> str:
+        shown = [m.last_record for m in self.members[:3]]
+        return " | ".join(f"{r['sae']}: L0 {r['l0']:.1f} FVU {r['fvu']:.3f}" for r in shown)
+
+    def _run_config(self) -> dict[str, Any]:
+        return {"train": self.cfg.to_dict(), "saes": [m.sae.cfg.to_dict() for m in self.members]}
+
+    # ------------------------------------------------------------------ checkpoints
+    def _checkpoint(self) -> None:
+        files: dict[str, dict[str, Tensor]] = {}
+        members: dict[str, Any] = {}
+        for m in self.members:
+            optim_tensors, optim_meta = optimizer_to_files(m.updater.optimizer)
+            tensors = {f"model.{k}": v for k, v in m.sae.state_dict().items()}
+            tensors.update({f"optim.{k}": v for k, v in optim_tensors.items()})
+            tensors.update({f"tracker.{k}": v for k, v in m.updater.tracker.tensors().items()})
+            tensors["window.x_sum"] = m.window.x_sum
+            files[f"{m.name}.safetensors"] = tensors
+            members[m.name] = {"optimizer": optim_meta, "tracker": m.updater.tracker.scalars(),
+                               "window": m.window.scalars(), "skipped_updates": m.skipped_updates,
+                               "resampled": m.resampled, "last_record": m.last_record}
+        files[RNG_FILE] = {"trainer": self.generator.get_state(), "torch": torch.get_rng_state()}
+        state = {"tokens": self.tokens, "batches_consumed": self.batches_consumed,
+                 "skipped_batches": self.skipped_batches, "b_dec_initialized": self.b_dec_initialized,
+                 "lr_factor": self.lr_factor, "train_config": self.cfg.to_dict(),
+                 "sae_configs": [m.sae.cfg.to_dict() for m in self.members], "members": members}
+        write_checkpoint(self.out_dir, self.step, state, files, self.cfg.keep_checkpoints)
+        self.checkpointed_step = self.step
+
+    def _check_fresh(self) -> bool:
+        existing = checkpoint_dirs(self.out_dir)
+        if existing:
+            raise ConfigError(f"{self.out_dir} already holds a run (checkpoint {existing[0].name}); pass "
+                              "resume=True (--resume) to continue it, or choose an empty output folder")
+        return False
+
+    def _restore(self) -> bool:
+        found = read_latest_checkpoint(self.out_dir)
+        if found is None:
+            logger.info("no checkpoint in %s: starting a new run", self.out_dir)
+            return False
+        folder, state, files = found
+        self._check_compatible(folder, state)
+        for m in self.members:
+            tensors = files[f"{m.name}.safetensors"]
+            meta = state["members"][m.name]
+            model = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
+            m.sae.load_state_dict(model, strict=True)
+            optimizer_from_files(m.updater.optimizer, {k[6:]: v.to(self.device) for k, v in tensors.items()
+                                                       if k.startswith("optim.")}, meta["optimizer"])
+            m.updater.tracker.load({k[8:]: v for k, v in tensors.items() if k.startswith("tracker.")},
+                                   meta["tracker"])
+            m.window.load(tensors["window.x_sum"], meta["window"])
+            m.skipped_updates, m.resampled = meta["skipped_updates"], meta["resampled"]
+            m.last_record = meta.get("last_record", {})
+        rng = files[RNG_FILE]
+        self.generator.set_state(rng["trainer"])
+        torch.set_rng_state(rng["torch"])
+        self.step, self.tokens = state["step"], state["tokens"]
+        self.batches_consumed, self.skipped_batches = state["batches_consumed"], state["skipped_batches"]
+        self.b_dec_initialized, self.lr_factor = state["b_dec_initialized"], state["lr_factor"]
+        self.checkpointed_step = self.step
+        logger.info("resumed from %s (step %d)", folder, self.step)
+        return True
+
+    def _check_compatible(self, folder: Path, state: dict[str, Any]) -> None:
+        saved = state.get("train_config", {})
+        current = self.cfg.to_dict()
+        for key in sorted(set(saved) | set(current)):
+            if key in RESUMABLE_CHANGES or saved.get(key) == current.get(key):
+                continue
+            raise ConfigError(f"cannot resume from {folder}: train setting {key} was {saved.get(key)!r} there and "
+                              f"is {current.get(key)!r} now; resume with the same settings or use a new folder")
+        saved_saes = {c["name"]: c for c in state.get("sae_configs", [])}
+        current_saes = {m.name: m.sae.cfg.to_dict() for m in self.members}
+        if set(saved_saes) != set(current_saes):
+            raise ConfigError(f"cannot resume from {folder}: it trained SAEs {sorted(saved_saes)}, this run has "
+                              f"{sorted(current_saes)}")
+        for name, cfg in current_saes.items():
+            if saved_saes[name] != cfg:
+                diff = sorted(k for k in cfg if saved_saes[name].get(k) != cfg[k])
+                raise ConfigError(f"cannot resume from {folder}: SAE {name!r} differs in {', '.join(diff)}")
+
+    # ------------------------------------------------------------------ results
+    def _export(self, m: _Member) -> SAE:
+        """A copy of the SAE for raw activations (normalisation folded in), in eval mode."""
+        workspace, m.sae.workspace = m.sae.workspace, None
+        try:
+            sae = copy.deepcopy(m.sae)
+        finally:
+            m.sae.workspace = workspace
+        sae.fold_input_scale_(self.factors[m.hook])
+        return sae.eval()
+
+    def _save_final(self) -> dict[str, SAE]:
+        results = {}
+        source_meta = getattr(self.source, "metadata", None) or {}
+        for m in self.members:
+            sae = self._export(m)
+            meta = {**source_meta, **self.extra_meta,
+                    "normalization_factor": self.factors[m.hook], "normalization_folded": True,
+                    "training": {"steps": self.step, "tokens": self.tokens, "seed": self.cfg.seed,
+                                 "train_config": self.cfg.to_dict(), "skipped_batches": self.skipped_batches,
+                                 "skipped_updates": m.skipped_updates, "resampled": m.resampled,
+                                 "final_metrics": m.last_record}}
+            save_sae(sae, self.out_dir / SAES_DIR / m.name, extra_meta=meta,
+                     sparsity=m.updater.tracker.log_density())
+            results[m.name] = sae
+        return results
+
+
+def _check_sae_cfgs(sae_cfgs: list[SAEConfig]) -> None:
+    if not sae_cfgs:
+        raise ConfigError("give at least one SAEConfig to train")
+    names: dict[str, int] = {}
+    for i, c in enumerate(sae_cfgs):
+        if not isinstance(c, SAEConfig):
+            raise ConfigError(f"sae_cfgs[{i}] is a {type(c).__name__}; expected an SAEConfig")
+        if not c.hook_name:
+            raise ConfigError(f"sae_cfgs[{i}] ({c.name!r}) has no hook_name; the trainer needs the hook each "
+                              "SAE reads, e.g. hook_name='blocks.1.attn.hook_z'")
+        names[c.name] = names.get(c.name, 0) + 1
+    duplicates = sorted(n for n, count in names.items() if count > 1)
+    if duplicates:
+        raise ConfigError(f"SAE names must be unique within a run; repeated: {', '.join(duplicates)}; set "
+                          "name=... on SAEs that share a hook, architecture and d_sae")
+    hook_widths: dict[str, set[int]] = {}
+    for c in sae_cfgs:
+        hook_widths.setdefault(c.hook_name, set()).add(c.d_in)
+    for hook, widths in hook_widths.items():
+        if len(widths) > 1:
+            raise ConfigError(f"SAEs on hook {hook!r} disagree on d_in ({sorted(widths)}); one hook has one width")
+
+
+def train_saes(sae_cfgs: list[SAEConfig], source: Any, train_cfg: TrainConfig, out_dir: str | Path, *,
+               resume: bool = False, progress: bool = True, stop_at_step: int | None = None,
+               extra_meta: dict[str, Any] | None = None) -> dict[str, SAE]:
+    """Train every SAE in ``sae_cfgs`` from ``source``'s batches; returns ``{name: SAE}`` (raw-activation units).
+
+    See ``Trainer`` and the module docstring for what is written under ``out_dir``.
+    extra_meta: JSON-serialisable dict stored in each saved folder's ``saelab`` section (e.g. a
+    ``model`` spec); the source's ``metadata`` is stored too.
+    """
+    trainer = Trainer(sae_cfgs, source, train_cfg, out_dir, progress=progress, extra_meta=extra_meta)
+    return trainer.run(resume=resume, stop_at_step=stop_at_step)
