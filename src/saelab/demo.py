@@ -31,12 +31,15 @@ class DemoConfig:
     """What the demo trains and measures (defaults sized for about 5 minutes on 2 CPU cores)."""
 
     out: str = "demo_out"
-    hook: str = "blocks.1.attn.hook_z"
+    hook: str = "blocks.3.attn.hook_z"  # the toy model's induction heads (3.1, 3.2) live here
     d_sae: int = 512
     tokens: int = 300_000
     l0_coefficient: float = 0.02
     seed: int = 0
     eval_tokens: int = 20_000
+    frontier_archs: tuple[str, ...] = ("topk", "jumprelu", "relu")
+    frontier_points: int = 2
+    frontier_tokens: int = 200_000
     dashboard_features: int = 32
     dashboard_tokens: int = 20_000
 
@@ -48,6 +51,8 @@ class DemoConfig:
         check_range("eval_tokens", self.eval_tokens, 256, integer=True)
         check_range("dashboard_features", self.dashboard_features, 1, self.d_sae, integer=True)
         check_range("dashboard_tokens", self.dashboard_tokens, 256, integer=True)
+        check_range("frontier_points", self.frontier_points, 1, integer=True)
+        check_range("frontier_tokens", self.frontier_tokens, 4096, integer=True)
 
 
 class Demo:
@@ -106,6 +111,63 @@ class Demo:
         section.table([{"metric": k, "value": v} for k, v in result.items() if k != "sae_dir"])
         return result
 
+    def evaluate(self, section: Section) -> dict[str, Any]:
+        from saelab.eval import EvalConfig, evaluate_sae, plot_density_histogram
+
+        result = evaluate_sae(self.lm, self.sae, config=EvalConfig(tokens=self.cfg.eval_tokens,
+                                                                   progress=self.progress))
+        metrics = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float)) and k not in ("d_in",)}
+        keys = ("l0", "mse", "fvu", "cosine", "ce_clean", "ce_spliced", "delta_loss", "ce_loss_recovered", "kl",
+                "kl_recovered", "dead_fraction", "dense_fraction", "kl_with_error")
+        section.paragraph(f"Spliced into the model at {self.cfg.hook} on {metrics['n_tokens']:,} held-out tokens "
+                          "(special tokens masked); CE recovered is against zero-ablation of the hook; "
+                          "kl_with_error is the spliced run with the error term added back (0 = clean).")
+        section.table([{"metric": k, "value": metrics[k]} for k in keys if k in metrics])
+        section.image(plot_density_histogram(result.metrics, self.out / "eval" / "density_histogram.png"),
+                      alt="log10 latent density")
+        return metrics
+
+    def frontier(self, section: Section) -> dict[str, Any]:
+        from saelab.eval import EvalConfig, SweepConfig, run_sweep
+
+        cfg = self.cfg
+        sweep = run_sweep(self.lm, SweepConfig(
+            hook=cfg.hook, archs=cfg.frontier_archs, points=cfg.frontier_points, d_sae=cfg.d_sae,
+            train_tokens=cfg.frontier_tokens, seed=cfg.seed, progress=self.progress,
+            eval=EvalConfig(tokens=cfg.eval_tokens // 2, check_error_term=False, progress=self.progress)),
+            self.out / "frontier")
+        section.paragraph(f"{len(sweep['rows'])} SAEs ({', '.join(cfg.frontier_archs)} at {cfg.frontier_points} "
+                          f"sparsity settings each) trained together from one activation stream of "
+                          f"{cfg.frontier_tokens:,} tokens, then evaluated on held-out tokens.")
+        columns = ["architecture", "sparsity_field", "sparsity_value", "l0", "fvu", "delta_loss",
+                   "ce_loss_recovered", "dead_fraction"]
+        section.table(sweep["rows"], columns)
+        for path in sweep["files"].values():
+            if str(path).endswith(".png"):
+                section.image(Path(path), alt=Path(path).stem)
+        return {"rows": [{c: row.get(c) for c in columns} for row in sweep["rows"]],
+                "matched_l0": sweep.get("matched_l0"), "files": {k: str(v) for k, v in sweep["files"].items()}}
+
+    def recovery(self, section: Section) -> dict[str, Any]:
+        from saelab.eval import RecoveryConfig, feature_recovery
+
+        report = feature_recovery(self.lm, self.sae, RecoveryConfig(tokens=self.cfg.eval_tokens,
+                                                                    progress=self.progress))
+        atomic_write_json(self.out / "recovery.json", report)
+        section.paragraph("For each variable planted in the toy world (topics, syntactic roles, induction-"
+                          "predictable tokens, task positions), the single unit with the best F1 over held-out "
+                          f"tokens; a variable counts as recovered at F1 >= {report['f1_threshold']}. Baselines: "
+                          "the model's MLP neurons and random directions.")
+        sets = report["unit_sets"]
+        section.table([{"units": s["name"], "n": s["n_units"], "recovered": f"{s['recovered']}/{s['n_variables']}",
+                        "mean best F1": s["mean_best_f1"], "threshold rule": s["threshold_rule"]} for s in sets])
+        sae_set = next(s for s in sets if s["kind"] == "sae")
+        section.table([{"variable": v["variable"], "latent": best["unit"], "precision": best["precision"],
+                        "recall": best["recall"], "F1": best["f1"]}
+                       for v, best in zip(report["variables"], sae_set["per_variable"], strict=True)])
+        return {s["name"]: {"recovered": s["recovered"], "n_variables": s["n_variables"],
+                            "mean_best_f1": s["mean_best_f1"]} for s in sets}
+
     def dashboards(self, section: Section) -> dict[str, Any]:
         from saelab.data.sources import ToySource
         from saelab.interp import FeatureDataConfig, build_feature_data, write_dashboard
@@ -124,10 +186,65 @@ class Demo:
                         "top_tokens": ", ".join(ex.tokens[ex.mark] for ex in f.top_examples[:3])} for f in live[:12]])
         return {"dashboard": str(paths["dashboard"]), "features": len(data.features), "live_features": len(live)}
 
+    def attention(self, section: Section) -> dict[str, Any]:
+        from saelab.attention.geometry import bind_attention_sae
+        from saelab.attention.reports import build_census_report, build_dfa_report, build_induction_report
+        from saelab.attention.views import write_census, write_dfa, write_induction
+
+        out = self.out / "attention"
+        asae = bind_attention_sae(self.lm, self.sae, self.cfg.hook)
+        census = build_census_report(asae, "toy", n_windows=16)
+        induction = build_induction_report(self.lm, n_seqs=16, ablate=False)
+        summary = census["summary"]
+        share = summary["polysemantic_share"]
+        verdict = (f"{share:.0%} of the {summary['n_heads_judged']} judged heads are polysemantic" if share is not None
+                   else "no head could be judged (their top latents match no planted family)")
+        section.paragraph(f"Head census of the SAE's {summary['n_latents']} latents (top latents per head by "
+                          f"decoder-norm share, classified against the toy world's planted variables): {verdict}.")
+        section.table([{"family": k, "latents": v} for k, v in summary["family_counts"].items()])
+        section.paragraph("Induction heads (attention from the second copy of a repeated random sequence to the "
+                          "token after the first copy):")
+        section.table(induction["induction_heads"])
+        paths = write_census(census, out) + write_induction(induction, out)
+        dfa = self._dfa_example(asae, census, build_dfa_report)
+        paths += write_dfa(dfa, out)
+        section.paragraph(f"Direct feature attribution of latent {dfa['feature']} at token "
+                          f"{dfa['tokens'][dfa['position']]!r} (position {dfa['position']}), by head and by "
+                          "source token:")
+        for path in paths:
+            if Path(path).suffix == ".png":
+                section.image(Path(path), alt=Path(path).stem)
+        atomic_write_json(out / "census.json", census)
+        atomic_write_json(out / "induction.json", induction)
+        return {"family_counts": summary["family_counts"], "polysemantic_share": summary["polysemantic_share"],
+                "induction_heads": induction["induction_heads"],
+                "dfa": {"feature": dfa["feature"], "position": dfa["position"],
+                        "token": dfa["tokens"][dfa["position"]]}}
+
+    def _dfa_example(self, asae, census: dict, build_dfa_report) -> dict:
+        """DFA on a repeated random span at the second "waters" (induction predicts "strict" next), of the
+        census's strongest induction latent if it has one, else of the latent most active there."""
+        span = "target waters strict reset 38 Kevin at crop"
+        prompt = f"The singer plays a song . {span} {span}"
+        position = len(prompt.split()) - 6  # in model tokens: BOS first, so this is the second "waters"
+        induction = [e for head in census["heads"] for e in head["latents"] if e.get("family") == "induction"]
+        if induction:
+            latent = max(induction, key=lambda e: e["head_attribution"])["latent"]
+        else:
+            ids, _ = self.lm.tokenize([prompt])
+            _, cache = self.lm.run_with_cache(ids, [self.cfg.hook], stop_at_layer="auto")
+            z = cache[self.cfg.hook][0, position].reshape(-1)
+            latent = int(self.sae.encode(z).argmax())
+        return build_dfa_report(asae, prompt, feature=latent, position=position)
+
     def run(self) -> dict[str, Any]:
         started = time.perf_counter()
         self.stage("train", self.train, "1. Training a JumpReLU SAE on attention outputs")
+        self.stage("evaluate", self.evaluate, "2. Fidelity and sparsity by splicing")
+        self.stage("frontier", self.frontier, "3. A small fidelity–sparsity frontier")
+        self.stage("recovery", self.recovery, "4. Feature recovery against planted variables")
         self.stage("dashboards", self.dashboards, "5. Feature dashboards")
+        self.stage("attention", self.attention, "6. Attention heads through the SAE")
         self.summary["total_seconds"] = round(time.perf_counter() - started, 2)
         atomic_write_json(self.out / "summary.json", self.summary)
         self.report.write(self.out / "index.html")
@@ -162,8 +279,15 @@ def run_demo(args: argparse.Namespace) -> int:
 def _print_summary(summary: dict[str, Any], out: Path) -> None:
     train = summary["train"]
     print(f"\nsaelab demo finished in {summary['total_seconds']:.0f} s")
-    print(f"  SAE:        {train['sae_dir']}  (L0 {train['final_train_l0']:.1f}, "
-          f"FVU {train['final_train_fvu']:.3f} at the end of training)")
+    print(f"  SAE:        {train['sae_dir']}")
+    if "evaluate" in summary:
+        m = summary["evaluate"]
+        print(f"  held out:   L0 {m['l0']:.1f}, FVU {m['fvu']:.3f}, delta LM loss {m['delta_loss']:.4f}, "
+              f"CE recovered {m['ce_loss_recovered']:.3f}, dead {m['dead_fraction']:.1%}")
+    if "recovery" in summary:
+        for name, r in summary["recovery"].items():
+            print(f"  recovery:   {name}: {r['recovered']}/{r['n_variables']} variables at F1 >= 0.8, "
+                  f"mean best F1 {r['mean_best_f1']:.3f}")
     if "dashboards" in summary:
         print(f"  dashboards: {summary['dashboards']['dashboard']}")
     print(f"  report:     {out / 'index.html'}")

@@ -1,0 +1,38 @@
+"""``saelab demo`` end to end at a tiny size: every stage runs and lands in summary.json and index.html."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from saelab.demo import Demo, DemoConfig
+from saelab.errors import ConfigError
+
+
+def test_tiny_demo_writes_summary_and_report(tmp_path):
+    cfg = DemoConfig(out=str(tmp_path / "demo"), d_sae=64, tokens=8192, eval_tokens=1024,
+                     frontier_archs=("topk",), frontier_points=1, frontier_tokens=8192,
+                     dashboard_features=8, dashboard_tokens=1024)
+    summary = Demo(cfg, progress=False).run()
+    out = tmp_path / "demo"
+    saved = json.loads((out / "summary.json").read_text())
+    assert saved["timings_s"].keys() == {"train", "evaluate", "frontier", "recovery", "dashboards", "attention"}
+    assert saved == json.loads(json.dumps(summary))
+    metrics = saved["evaluate"]
+    assert 0 < metrics["l0"] <= 64 and metrics["fvu"] >= 0 and metrics["kl_with_error"] < 1e-4
+    assert len(saved["frontier"]["rows"]) == 1
+    assert any(name.startswith("neurons") for name in saved["recovery"])
+    assert [h["head"] for h in saved["attention"]["induction_heads"]][0] == "3.1"
+    page = (out / "index.html").read_text()
+    for title in ("Training", "splicing", "frontier", "Feature recovery", "dashboards", "Attention heads"):
+        assert title in page
+    assert 'href="dashboard/dashboard.html"' in page
+    assert (out / "dashboard" / "dashboard.html").exists()
+
+
+def test_bad_demo_settings_are_refused():
+    with pytest.raises(ConfigError, match="dashboard_features"):
+        DemoConfig(d_sae=16, dashboard_features=32)
+    with pytest.raises(ConfigError, match="tokens"):
+        DemoConfig(tokens=10)
