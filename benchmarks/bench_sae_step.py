@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=4096, help="tokens per step (Gemma Scope's 4096)")
     parser.add_argument("--k", type=int, default=None, help="topk/batchtopk k (default d_sae/64)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64", "bfloat16"])
-    parser.add_argument("--rounds", type=int, default=3, help="timed rounds per variant (median reported)")
+    parser.add_argument("--rounds", type=int, default=2, help="timed rounds per variant (median reported)")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--threads", type=int, default=1,

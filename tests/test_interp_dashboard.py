@@ -89,6 +89,7 @@ def test_dashboard_in_headless_chromium(dashboard, tmp_path):
             artifacts.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(artifacts / "dashboard_feature.png"), full_page=True)
             page.click("#back")
+            page.wait_for_selector("#index-view", state="visible")  # shown on the hashchange event
             assert page.locator("#index-view").is_visible()
             assert errors == []
             assert all(u.startswith("file://") for u in requests)

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from saelab.sae import ARCHITECTURES, InputShapeError, SAEConfig, make_sae
+from saelab.sae.batchtopk import largest_indices
 from saelab.sae.dense import DenseJumpReLU, DenseReLU
 from saelab.sae.sparse import SparsePattern, gather_preacts, sparse_decode
 
@@ -124,7 +125,7 @@ def test_fused_dense_passes_match_plain_autograd(variant, apply_b_dec):
     def leaf(*shape, scale=0.3):
         return (torch.randn(*shape, generator=gen, dtype=torch.float64) * scale).requires_grad_()
 
-    x = torch.randn(30, D_IN, generator=gen, dtype=torch.float64)
+    x = torch.randn(30, D_IN, generator=gen, dtype=torch.float64, requires_grad=True)
     b_dec, W_enc, b_enc, W_dec = leaf(D_IN), leaf(D_IN, D_SAE), leaf(D_SAE, scale=0.1), leaf(D_SAE, D_IN)  # noqa: N806
     theta = (torch.rand(D_SAE, generator=gen, dtype=torch.float64) * 0.2).requires_grad_()
     pre = ((x - b_dec) if apply_b_dec else x) @ W_enc + b_enc
@@ -142,11 +143,11 @@ def test_fused_dense_passes_match_plain_autograd(variant, apply_b_dec):
     reference = acts @ W_dec + b_dec
     assert torch.allclose(x_hat, reference) and torch.allclose(fused_sparsity, sparsity)
     assert torch.allclose(fused_acts, acts) and torch.equal(counts, (acts != 0).sum(0))
-    params = (b_dec, W_enc, b_enc, W_dec)
+    params = (x, b_dec, W_enc, b_enc, W_dec)
     target = torch.randn(30, D_IN, generator=gen, dtype=torch.float64)
     ref_grads = torch.autograd.grad(((reference - target) ** 2).sum() + 0.3 * sparsity, params)
     fused_grads = torch.autograd.grad(((x_hat - target) ** 2).sum() + 0.3 * fused_sparsity, params)
-    for name, a, b in zip(("b_dec", "W_enc", "b_enc", "W_dec"), ref_grads, fused_grads, strict=True):
+    for name, a, b in zip(("x", "b_dec", "W_enc", "b_enc", "W_dec"), ref_grads, fused_grads, strict=True):
         assert torch.allclose(a, b, atol=1e-10), name
 
 
@@ -171,6 +172,19 @@ def test_batchtopk_keeps_k_per_token_on_average_and_learns_a_threshold():
     inference = sae.encode(x)
     assert torch.equal(inference, torch.where(inference > 0, inference, 0))
     assert ((inference != 0) == (sae.preacts(x) > sae.threshold)).all()
+
+
+def test_batch_topk_selection_is_exact():
+    gen = torch.Generator().manual_seed(0)
+    values = torch.randn(300_000, generator=gen)
+    for keep in (1, 77, 5_000, 299_999):
+        chosen = largest_indices(values, keep)
+        assert chosen.numel() == keep and chosen.unique().numel() == keep
+        assert torch.equal(values[chosen].sort().values, values.topk(keep).values.sort().values)
+    fooled = -torch.ones(1 << 21)
+    fooled[::2] = 1.0  # the strided sample sees only +1s, so too few entries pass τ: plain topk runs
+    chosen = largest_indices(fooled, (1 << 20) + 5)
+    assert fooled[chosen].sum().item() == (1 << 20) - 5
 
 
 @pytest.mark.parametrize("arch", ["topk", "batchtopk"])

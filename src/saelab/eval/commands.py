@@ -8,7 +8,7 @@
     saelab recovery SAE_DIR [--tokens N] [--json]
 
 The model defaults to the one recorded in the SAE folder (``metadata.model_name``), the context size
-likewise (else 128). Warnings (a dead SAE, undefined ratios, evaluating on the training data) go to
+likewise (else 128, or the model's context if shorter). Warnings (a dead SAE, undefined ratios, evaluating on the training data) go to
 stderr and, with ``--json``, into the object's ``warnings``.
 """
 
@@ -39,7 +39,8 @@ def register(subparsers) -> None:
     ev.add_argument("--source", default=DEFAULT_EVAL_SOURCE,
                     help=f"held-out evaluation data (default {DEFAULT_EVAL_SOURCE}; 'toy:SEED', a file, 'hf:NAME')")
     ev.add_argument("--tokens", type=int, default=32_768, help="evaluation tokens (default 32768)")
-    ev.add_argument("--context-size", type=int, default=None, help="tokens per window (default: the SAE's, else 128 or the model's context if shorter)")
+    ev.add_argument("--context-size", type=int, default=None,
+                    help="tokens per window (default: the SAE's, else 128 or the model's context if shorter)")
     ev.add_argument("--batch-size", type=int, default=16, help="windows per forward pass (default 16)")
     ev.add_argument("--dense-threshold", type=float, default=0.1, help="dense = fires on more than this fraction")
     ev.add_argument("--no-error-check", action="store_true",

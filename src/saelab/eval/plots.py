@@ -66,10 +66,11 @@ def plot_frontier(rows: Sequence[dict], metric: str, path: str | os.PathLike, ti
     for arch in dict.fromkeys(r["architecture"] for r in usable):
         points = sorted((r["l0"], r[metric]) for r in usable if r["architecture"] == arch)
         ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=arch)
-    from matplotlib.ticker import ScalarFormatter
+    from matplotlib.ticker import LogLocator, ScalarFormatter
 
     ax.set_xscale("log")
     ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_locator(LogLocator(base=10, subs=(2, 3, 5)))
     ax.xaxis.set_minor_formatter(ScalarFormatter())
     ax.tick_params(axis="x", which="minor", labelsize=7)
     if all(r[metric] > 0 for r in usable):

@@ -8,12 +8,34 @@ moving average (factor ``batchtopk_threshold_beta``) of the smallest positive ke
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
 from saelab.sae.base import SAEOutput
 from saelab.sae.sparse import SparsePattern
 from saelab.sae.topk import TopKSAE
+
+
+def largest_indices(values: Tensor, keep: int) -> Tensor:
+    """Indices of the ``keep`` largest entries of 1-D ``values`` (exact; any order).
+
+    ``topk`` over a whole [batch·d_sae] batch is slow on CPU (2.8 s for 100M entries), so a strided
+    sample of ~2^20 entries gives a threshold τ expected to admit ~1.25·keep entries; if at least
+    ``keep`` entries are ≥ τ they contain the ``keep`` largest, found by a ``topk`` over them alone.
+    Otherwise (rare) the plain ``topk`` runs.
+    """
+    numel = values.numel()
+    if keep >= numel:
+        return torch.arange(numel, device=values.device)
+    sample = values[:: max(1, numel // (1 << 20))]
+    want = min(sample.numel(), math.ceil(keep / numel * sample.numel() * 1.25) + 64)
+    tau = sample.topk(want, sorted=False).values.min()
+    candidates = (values >= tau).nonzero().squeeze(1)
+    if candidates.numel() < keep:
+        return values.topk(keep, sorted=False).indices
+    return candidates[values[candidates].topk(keep, sorted=False).indices]
 
 
 class BatchTopKSAE(TopKSAE):
@@ -28,8 +50,7 @@ class BatchTopKSAE(TopKSAE):
     def select(self, pre: Tensor) -> SparsePattern:
         n_rows = pre.shape[0]
         keep = min(n_rows * self.cfg.k, pre.numel())
-        flat = pre.reshape(-1).topk(keep, sorted=False).indices
-        return SparsePattern.from_flat(flat, n_rows, self.cfg.d_sae)
+        return SparsePattern.from_flat(largest_indices(pre.reshape(-1), keep), n_rows, self.cfg.d_sae)
 
     def encode_flat(self, x: Tensor) -> Tensor:
         pre = self.preacts(x)

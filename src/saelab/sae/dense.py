@@ -118,6 +118,7 @@ class DenseReLU(torch.autograd.Function):
             torch.addmm(l1_scale, grad_x_hat, W_dec.t(), out=grad_acts)
         grad_pre = _mask_above_(grad_acts, acts, 0)
         need = ctx.needs_input_grad
+        grad_x = grad_pre @ W_enc.t() if need[0] else None
         grad_W_enc, grad_b_enc, grad_b_dec = _encoder_grads(grad_pre, x, b_dec, W_enc, ctx.apply_b_dec, need[1])  # noqa: N806
         grad_W_dec = acts.t() @ grad_x_hat  # noqa: N806
         if ctx.weighted:
@@ -125,7 +126,7 @@ class DenseReLU(torch.autograd.Function):
         out_b_dec = grad_x_hat.sum(0)
         if grad_b_dec is not None:
             out_b_dec = out_b_dec + grad_b_dec
-        return None, out_b_dec, grad_W_enc, grad_b_enc, grad_W_dec, None, None, None
+        return grad_x, out_b_dec, grad_W_enc, grad_b_enc, grad_W_dec, None, None, None
 
 
 class DenseJumpReLU(torch.autograd.Function):
@@ -177,9 +178,10 @@ class DenseJumpReLU(torch.autograd.Function):
             windowed = _mask_above_(grad_acts.add_((grad_l0 / n) / safe_theta), neg_square, -((eps / 2) ** 2))
             grad_theta = (windowed.new_ones(n) @ windowed).mul_(safe_theta).mul_(-1.0 / eps)
         del grad_acts
+        grad_x = grad_z @ W_enc.t() if need[0] else None
         grad_W_enc, grad_b_enc, grad_b_dec = _encoder_grads(grad_z, x, b_dec, W_enc, ctx.apply_b_dec, need[1])  # noqa: N806
         grad_W_dec = acts.t() @ grad_x_hat  # noqa: N806
         out_b_dec = grad_x_hat.sum(0)
         if grad_b_dec is not None:
             out_b_dec = out_b_dec + grad_b_dec
-        return None, out_b_dec, grad_W_enc, grad_b_enc, grad_theta, grad_W_dec, None, None, None
+        return grad_x, out_b_dec, grad_W_enc, grad_b_enc, grad_theta, grad_W_dec, None, None, None

@@ -64,7 +64,7 @@ class SAEUpdater:
         loss.backward()
         self.sae.remove_parallel_decoder_grad_()
         grads = [p.grad for p in self.params if p.grad is not None]
-        grad_norm = float(torch.nn.utils.get_total_norm(grads))
+        grad_norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])))
         if not math.isfinite(grad_norm):
             self.optimizer.zero_grad(set_to_none=True)
             return StepResult(out, loss_value, grad_norm, ok=False, problem="gradient")

@@ -56,7 +56,7 @@ class PlantedDictionarySource:
     def sample(self, index: int) -> tuple[Tensor, Tensor]:
         """Batch ``index`` (any int; -1 calibrates the factor): (raw x [batch, d_in], codes [batch, n_features])."""
         s = self.spec
-        gen = torch.Generator().manual_seed(hash((s.seed, index)) & 0x7FFF_FFFF_FFFF_FFFF)
+        gen = torch.Generator().manual_seed((s.seed * 1_000_003 + index + 2) & 0x7FFF_FFFF_FFFF_FFFF)
         scores = torch.rand(self.batch_size, s.n_features, generator=gen)
         active = scores.topk(s.active_per_sample, dim=1).indices
         magnitude = s.min_magnitude + (s.max_magnitude - s.min_magnitude) * torch.rand(
