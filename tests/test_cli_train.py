@@ -39,6 +39,9 @@ def test_train_writes_every_sae_and_metrics(tmp_path, capsys):
     assert sae.cfg.d_in == 128 and sae.cfg.hook_name == "blocks.1.attn.hook_z"
     cfg = json.loads((out / "saes" / "blocks.1.attn.hook_z.topk.64" / "cfg.json").read_text())
     assert cfg["metadata"]["model_name"] == "toy"
+    from saelab.models import load_model
+
+    assert cfg["saelab"]["model_fingerprint"] == load_model("toy").fingerprint()
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert {line["sae"] for line in lines} == set(summary["saes"])
     assert sorted({line["step"] for line in lines}) == [3, 6, 9, 12]

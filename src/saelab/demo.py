@@ -98,7 +98,7 @@ class Demo:
                                 log_every=max(1, steps // 20))
         run_dir = self.out / "train"
         saes = train_saes([sae_cfg], store, train_cfg, run_dir, progress=self.progress,
-                          extra_meta=folder_meta("toy", f"toy:{cfg.seed}", 128, True))
+                          extra_meta=folder_meta("toy", f"toy:{cfg.seed}", 128, True, self.lm.fingerprint()))
         self.sae = saes["jumprelu"]
         self.sae_dir = run_dir / "saes" / "jumprelu"
         last = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()][-1]

@@ -216,14 +216,19 @@ def _batch_source(settings: dict[str, Any]):
         model_batch_size=ns.model_batch_size, buffer_windows=_buffer_windows(settings, ns.model_batch_size),
         seed=settings["seed"], exclude_special_tokens=not ns.include_special_tokens,
         normalization_factors=factors, repeat=True))
-    meta = folder_meta(settings["model"], ns.source, ns.context_size, not ns.no_prepend_bos)
+    meta = folder_meta(settings["model"], ns.source, ns.context_size, not ns.no_prepend_bos, lm.fingerprint())
     return store, meta, {h: lm.hook_d_in(h) for h in hooks}
 
 
-def folder_meta(model_spec: str, source: str, context_size: int, prepend_bos: bool) -> dict[str, Any]:
-    """What an SAE folder records of where its activations came from (cfg.json ``saelab``/``metadata``)."""
-    return {"model_name": model_spec, "model": {"spec": model_spec}, "context_size": context_size,
+def folder_meta(model_spec: str, source: str, context_size: int, prepend_bos: bool,
+                fingerprint: str | None = None) -> dict[str, Any]:
+    """What an SAE folder records of where its activations came from (cfg.json ``saelab``/``metadata``);
+    ``fingerprint`` (``LoadedModel.fingerprint()``) lets ``saelab eval`` warn about a model with other weights."""
+    meta = {"model_name": model_spec, "model": {"spec": model_spec}, "context_size": context_size,
             "prepend_bos": prepend_bos, "dataset_path": source}
+    if fingerprint:
+        meta["model_fingerprint"] = fingerprint
+    return meta
 
 
 def _buffer_windows(settings: dict[str, Any], model_batch_size: int) -> int:
