@@ -17,23 +17,16 @@ from saelab.data.packing import PackingConfig, iter_windows
 from saelab.data.sources import ToySource
 from saelab.errors import ConfigError, CorruptFileError
 from saelab.models import LoadedModel
-from saelab.models.tiny import tiny_model, torch_threads
 
 HOOKS = ["blocks.1.attn.hook_z", "blocks.2.hook_resid_pre"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    with torch_threads(1):
-        yield
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def lm() -> LoadedModel:
-    from saelab.toy.tokenizer import build_hf_tokenizer
-
-    tokenizer = build_hf_tokenizer()
-    return LoadedModel.from_hf(tiny_model("gpt2", vocab_size=len(tokenizer)), tokenizer, name="tiny-gpt2")
+def lm(tiny_gpt2_with_toy_tokenizer) -> LoadedModel:
+    return tiny_gpt2_with_toy_tokenizer
 
 
 def config(n_tokens: int = 1000, **overrides) -> CacheConfig:

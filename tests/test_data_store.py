@@ -15,23 +15,16 @@ from saelab.data.sources import TokenArraySource, ToySource
 from saelab.data.store import ActivationStore, StoreConfig
 from saelab.errors import ConfigError
 from saelab.models import LoadedModel
-from saelab.models.tiny import tiny_model, torch_threads
 
 HOOKS = ["blocks.1.attn.hook_z", "blocks.2.hook_resid_pre", "blocks.0.mlp.hook_post"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    with torch_threads(1):
-        yield
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def lm() -> LoadedModel:
-    from saelab.toy.tokenizer import build_hf_tokenizer
-
-    tokenizer = build_hf_tokenizer()
-    return LoadedModel.from_hf(tiny_model("gpt2", vocab_size=len(tokenizer)), tokenizer, name="tiny-gpt2")
+def lm(tiny_gpt2_with_toy_tokenizer) -> LoadedModel:
+    return tiny_gpt2_with_toy_tokenizer
 
 
 def config(**overrides) -> StoreConfig:

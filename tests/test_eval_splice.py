@@ -23,7 +23,6 @@ from saelab.eval.splice import (
     zero_replacement,
 )
 from saelab.models import LoadedModel, UnknownHookError
-from saelab.models.tiny import tiny_model, torch_threads
 from saelab.sae import SAEConfig, make_sae
 
 RESID = "blocks.1.hook_resid_pre"
@@ -31,18 +30,12 @@ HOOK_Z = "blocks.1.attn.hook_z"
 SOURCE = ToySource(5)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    with torch_threads(1):
-        yield
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def lm() -> LoadedModel:
-    from saelab.toy.tokenizer import build_hf_tokenizer
-
-    tokenizer = build_hf_tokenizer()
-    return LoadedModel.from_hf(tiny_model("gpt2", vocab_size=len(tokenizer)), tokenizer, name="tiny-gpt2")
+def lm(tiny_gpt2_with_toy_tokenizer) -> LoadedModel:
+    return tiny_gpt2_with_toy_tokenizer
 
 
 def identity_sae(hook: str, d_in: int = 32):
