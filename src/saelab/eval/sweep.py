@@ -44,7 +44,7 @@ SPARSITY_FIELD = {"relu": "l1_coefficient", "tied": "l1_coefficient", "gated": "
 SHORT_FIELD = {"l1_coefficient": "l1", "l0_coefficient": "l0", "k": "k"}
 # (sparsest, densest) settings; measured on the toy model's residual stream to give overlapping L0 ranges
 DEFAULT_RANGES: dict[str, tuple[float, float]] = {
-    "relu": (1.0, 0.15), "tied": (1.0, 0.15), "gated": (2.0, 0.4),
+    "relu": (1.0, 0.15), "tied": (1.0, 0.15), "gated": (0.6, 0.1),
     "topk": (4, 64), "batchtopk": (4, 64), "jumprelu": (5e-2, 1e-3),
 }
 TABLE_COLUMNS = ("name", "architecture", "sparsity_field", "sparsity_value", "d_sae", "l0", "fvu", "mse", "cosine",
