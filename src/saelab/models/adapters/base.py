@@ -23,9 +23,10 @@ import torch
 from torch import nn
 
 from saelab.errors import SaelabError
+from saelab.models import hook_points as H
 from saelab.models.hook_points import ATTN_PATTERN, ATTN_Z, HookPoint
 from saelab.models.norms import NormSpec
-from saelab.models.sites import PatternSite, Site
+from saelab.models.sites import InputSite, OutputSite, PatternSite, ResidMidSite, Site, heads_view
 
 
 class ModelLayoutError(SaelabError):
@@ -90,9 +91,48 @@ class Adapter(ABC):
     def _d_mlp(self) -> int:
         """Width of the MLP hidden layer (``mlp.hook_post``)."""
 
+    # --- where each hook kind is read and written ---------------------------------------------
+    #: module names inside a block / its attention module, set per family
+    attn_name: str = ""
+    out_proj_name: str = ""        # attention output projection: hook_z is its input
+    mlp_out_proj_name: str = ""    # MLP output projection: mlp.hook_post is its input
+    proj_arg_name: str = "input"   # keyword name of those projections' input
+
     @abstractmethod
+    def qkv_site(self, attn: nn.Module, kind: str) -> Site:
+        """Site of ``attn.hook_q|k|v`` (``kind``) inside the attention module ``attn``."""
+
+    def attn_contribution_module(self, block: nn.Module) -> nn.Module:
+        """The module whose output the block adds to the residual after attention (hook_attn_out)."""
+        return get_module(block, self.attn_name)
+
+    def mlp_contribution_module(self, block: nn.Module) -> nn.Module:
+        """The module whose output the block adds to the residual after the MLP (hook_mlp_out)."""
+        return get_module(block, "mlp")
+
     def site(self, point: HookPoint) -> Site:
         """Where ``point`` is read and written."""
+        block = self.blocks()[point.layer]
+        attn = get_module(block, self.attn_name)
+        kind = point.kind
+        if kind == H.RESID_PRE:
+            return InputSite(block)
+        if kind == H.RESID_POST:
+            return OutputSite(block)
+        if kind in (H.ATTN_Q, H.ATTN_K, H.ATTN_V):
+            return self.qkv_site(attn, kind)
+        if kind == H.ATTN_Z:
+            return InputSite(get_module(attn, self.out_proj_name), heads_view(self.n_heads, self.d_head),
+                             arg_name=self.proj_arg_name)
+        if kind == H.ATTN_PATTERN:
+            return self.pattern_site(point.layer)
+        if kind == H.ATTN_OUT:
+            return OutputSite(self.attn_contribution_module(block))
+        if kind == H.RESID_MID:
+            return ResidMidSite(block, self.attn_contribution_module(block))
+        if kind == H.MLP_POST:
+            return InputSite(get_module(block, self.mlp_out_proj_name), arg_name=self.proj_arg_name)
+        return OutputSite(self.mlp_contribution_module(block))
 
     def pattern_site(self, layer: int) -> PatternSite:
         return PatternSite(self.attention_module(layer))

@@ -15,11 +15,12 @@ from torch import nn
 from saelab.models import hook_points as H
 from saelab.models.adapters.base import Adapter, get_module
 from saelab.models.norms import NormSpec, layer_norm_spec
-from saelab.models.sites import InputSite, OutputSite, ResidMidSite, heads_view, slice_heads_view
+from saelab.models.sites import OutputSite, slice_heads_view
 
 
 class GPT2Adapter(Adapter):
     family = "gpt2"
+    attn_name, out_proj_name, mlp_out_proj_name, proj_arg_name = "attn", "c_proj", "mlp.c_proj", "x"
 
     def blocks(self) -> nn.ModuleList:
         return get_module(self.model, "transformer.h")
@@ -33,29 +34,9 @@ class GPT2Adapter(Adapter):
     def _d_mlp(self) -> int:
         return int(get_module(self.blocks()[0], "mlp.c_fc").weight.shape[1])
 
-    def site(self, point: H.HookPoint):
-        block = self.blocks()[point.layer]
-        attn = get_module(block, "attn")
-        n, d = self.n_heads, self.d_head
-        kind = point.kind
-        if kind == H.RESID_PRE:
-            return InputSite(block)
-        if kind == H.RESID_POST:
-            return OutputSite(block)
-        if kind in (H.ATTN_Q, H.ATTN_K, H.ATTN_V):
-            part = (H.ATTN_Q, H.ATTN_K, H.ATTN_V).index(kind)
-            return OutputSite(get_module(attn, "c_attn"), slice_heads_view(part * self.d_model, n, d))
-        if kind == H.ATTN_Z:
-            return InputSite(get_module(attn, "c_proj"), heads_view(n, d), arg_name="x")
-        if kind == H.ATTN_PATTERN:
-            return self.pattern_site(point.layer)
-        if kind == H.ATTN_OUT:
-            return OutputSite(attn)
-        if kind == H.RESID_MID:
-            return ResidMidSite(block, attn)
-        if kind == H.MLP_POST:
-            return InputSite(get_module(block, "mlp.c_proj"), arg_name="x")
-        return OutputSite(get_module(block, "mlp"))
+    def qkv_site(self, attn: nn.Module, kind: str):
+        part = (H.ATTN_Q, H.ATTN_K, H.ATTN_V).index(kind)
+        return OutputSite(get_module(attn, "c_attn"), slice_heads_view(part * self.d_model, self.n_heads, self.d_head))
 
     def qkv_weights(self, layer: int):
         W = get_module(self.attention_module(layer), "c_attn").weight.detach()  # [d_model, 3 * d_model]

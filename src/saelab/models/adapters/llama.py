@@ -23,13 +23,14 @@ from torch import nn
 from saelab.models import hook_points as H
 from saelab.models.adapters.base import Adapter, get_module
 from saelab.models.norms import NormSpec, rms_norm_spec
-from saelab.models.sites import InputSite, OutputSite, ResidMidSite, heads_view
+from saelab.models.sites import OutputSite, heads_view
 
 
 class LlamaAdapter(Adapter):
     family = "llama"
     norm_offset = 0.0  # RMSNorm multiplies by weight + norm_offset
     mlp_norm_name = "post_attention_layernorm"
+    attn_name, out_proj_name, mlp_out_proj_name = "self_attn", "o_proj", "mlp.down_proj"
 
     def blocks(self) -> nn.ModuleList:
         return get_module(self.model, "model.layers")
@@ -43,38 +44,10 @@ class LlamaAdapter(Adapter):
     def _d_mlp(self) -> int:
         return int(get_module(self.blocks()[0], "mlp.down_proj").weight.shape[1])
 
-    def attn_contribution_module(self, block: nn.Module) -> nn.Module:
-        """The module whose output the block adds to the residual after attention."""
-        return get_module(block, "self_attn")
-
-    def mlp_contribution_module(self, block: nn.Module) -> nn.Module:
-        return get_module(block, "mlp")
-
-    def site(self, point: H.HookPoint):
-        block = self.blocks()[point.layer]
-        attn = get_module(block, "self_attn")
-        kind = point.kind
-        if kind == H.RESID_PRE:
-            return InputSite(block)
-        if kind == H.RESID_POST:
-            return OutputSite(block)
-        if kind == H.ATTN_Q:
-            return OutputSite(get_module(attn, "q_proj"), heads_view(self.n_heads, self.d_head))
-        if kind == H.ATTN_K:
-            return OutputSite(get_module(attn, "k_proj"), heads_view(self.n_kv_heads, self.d_head))
-        if kind == H.ATTN_V:
-            return OutputSite(get_module(attn, "v_proj"), heads_view(self.n_kv_heads, self.d_head))
-        if kind == H.ATTN_Z:
-            return InputSite(get_module(attn, "o_proj"), heads_view(self.n_heads, self.d_head), arg_name="input")
-        if kind == H.ATTN_PATTERN:
-            return self.pattern_site(point.layer)
-        if kind == H.ATTN_OUT:
-            return OutputSite(self.attn_contribution_module(block))
-        if kind == H.RESID_MID:
-            return ResidMidSite(block, self.attn_contribution_module(block))
-        if kind == H.MLP_POST:
-            return InputSite(get_module(block, "mlp.down_proj"), arg_name="input")
-        return OutputSite(self.mlp_contribution_module(block))
+    def qkv_site(self, attn: nn.Module, kind: str):
+        name, heads = {H.ATTN_Q: ("q_proj", self.n_heads), H.ATTN_K: ("k_proj", self.n_kv_heads),
+                       H.ATTN_V: ("v_proj", self.n_kv_heads)}[kind]
+        return OutputSite(get_module(attn, name), heads_view(heads, self.d_head))
 
     def qkv_weights(self, layer: int):
         attn = self.attention_module(layer)

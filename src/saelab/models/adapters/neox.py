@@ -21,11 +21,12 @@ from torch import nn
 from saelab.models import hook_points as H
 from saelab.models.adapters.base import Adapter, get_module
 from saelab.models.norms import NormSpec, layer_norm_spec
-from saelab.models.sites import InputSite, OutputSite, ResidMidSite, heads_view, interleaved_heads_view
+from saelab.models.sites import OutputSite, interleaved_heads_view
 
 
 class NeoXAdapter(Adapter):
     family = "gpt_neox"
+    attn_name, out_proj_name, mlp_out_proj_name = "attention", "dense", "mlp.dense_4h_to_h"
 
     def __init__(self, model: nn.Module):
         super().__init__(model)
@@ -43,29 +44,16 @@ class NeoXAdapter(Adapter):
     def _d_mlp(self) -> int:
         return int(get_module(self.blocks()[0], "mlp.dense_h_to_4h").weight.shape[0])
 
-    def site(self, point: H.HookPoint):
-        block = self.blocks()[point.layer]
-        attn = get_module(block, "attention")
-        n, d = self.n_heads, self.d_head
-        kind = point.kind
-        if kind == H.RESID_PRE:
-            return InputSite(block)
-        if kind == H.RESID_POST:
-            return OutputSite(block)
-        if kind in (H.ATTN_Q, H.ATTN_K, H.ATTN_V):
-            part = (H.ATTN_Q, H.ATTN_K, H.ATTN_V).index(kind)
-            return OutputSite(get_module(attn, "query_key_value"), interleaved_heads_view(part, 3, n, d))
-        if kind == H.ATTN_Z:
-            return InputSite(get_module(attn, "dense"), heads_view(n, d), arg_name="input")
-        if kind == H.ATTN_PATTERN:
-            return self.pattern_site(point.layer)
-        if kind == H.ATTN_OUT:
-            return OutputSite(get_module(block, "post_attention_dropout"))
-        if kind == H.RESID_MID:
-            return ResidMidSite(block, get_module(block, "post_attention_dropout"))
-        if kind == H.MLP_POST:
-            return InputSite(get_module(block, "mlp.dense_4h_to_h"), arg_name="input")
-        return OutputSite(get_module(block, "post_mlp_dropout"))
+    def qkv_site(self, attn: nn.Module, kind: str):
+        part = (H.ATTN_Q, H.ATTN_K, H.ATTN_V).index(kind)
+        return OutputSite(get_module(attn, "query_key_value"),
+                          interleaved_heads_view(part, 3, self.n_heads, self.d_head))
+
+    def attn_contribution_module(self, block: nn.Module) -> nn.Module:
+        return get_module(block, "post_attention_dropout")
+
+    def mlp_contribution_module(self, block: nn.Module) -> nn.Module:
+        return get_module(block, "post_mlp_dropout")
 
     def _qkv_linear(self, layer: int) -> nn.Linear:
         return get_module(self.attention_module(layer), "query_key_value")
