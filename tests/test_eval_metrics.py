@@ -12,10 +12,11 @@ import torch.nn.functional as F
 from saelab.errors import ConfigError, SaelabError
 from saelab.eval.downstream import (
     LossSums,
-    cross_entropy,
+    ScoredRun,
     downstream_metrics,
     kl_divergence,
     next_token_log_probs,
+    score_runs,
     scored_predictions,
 )
 from saelab.eval.latents import LatentStats
@@ -113,25 +114,32 @@ def test_latent_frequencies_dead_dense_and_histogram():
         stats.result(dense_threshold=2.0)
 
 
-def test_cross_entropy_kl_and_the_scored_mask_match_torch():
+@pytest.mark.parametrize("chunk_values", [11, 33, 1 << 20])  # 1 and 3 predictions per chunk, or all at once
+def test_chunked_scoring_of_ce_kl_and_the_scored_mask_match_torch(chunk_values):
     gen = torch.Generator().manual_seed(3)
     logits = torch.randn(2, 6, 11, generator=gen)
     other = torch.randn(2, 6, 11, generator=gen)
     ids = torch.randint(0, 11, (2, 6), generator=gen)
     lp, lp_other = next_token_log_probs(logits), next_token_log_probs(other)
-    expected_ce = F.cross_entropy(logits[:, :-1].reshape(-1, 11), ids[:, 1:].reshape(-1), reduction="none")
-    assert torch.allclose(cross_entropy(lp, ids).reshape(-1), expected_ce, atol=1e-6)
+    expected_ce = F.cross_entropy(other[:, :-1].reshape(-1, 11), ids[:, 1:].reshape(-1), reduction="none")
     expected_kl = F.kl_div(lp_other, lp, log_target=True, reduction="none").sum(-1)
     assert torch.allclose(kl_divergence(lp, lp_other), expected_kl, atol=1e-6)
     assert torch.all(kl_divergence(lp, lp) == 0)
     ordinary = torch.tensor([[False, True, True, False, True, True], [True, True, True, True, True, True]])
     scored = scored_predictions(ordinary)
     assert scored.tolist() == [[False, True, False, False, True], [True] * 5]
-    sums = LossSums()
-    sums.add(lp_other, ids, scored, clean_log_probs=lp)
-    ce_other = cross_entropy(lp_other, ids)
-    assert sums.n == 7 and sums.mean_ce == pytest.approx(float(ce_other[scored].mean()), rel=1e-6)
+    # the "residual" is the logits themselves and the unembedding an identity: scoring must equal torch
+    clean, sums = LossSums(), LossSums()
+    score_runs(lambda r: r, 11, ids, scored, logits, clean, [ScoredRun(other, sums, track_logit_diff=True)],
+               chunk_values=chunk_values)
+    clean_ce = F.cross_entropy(logits[:, :-1].reshape(-1, 11), ids[:, 1:].reshape(-1), reduction="none")
+    flat = scored.reshape(-1)
+    assert sums.n == clean.n == 7
+    assert sums.mean_ce == pytest.approx(float(expected_ce[flat].mean()), rel=1e-6)
+    assert clean.mean_ce == pytest.approx(float(clean_ce[flat].mean()), rel=1e-6) and clean.kl == 0
     assert sums.mean_kl == pytest.approx(float(expected_kl[scored].mean()), rel=1e-5)
+    diff = (other - logits)[:, :-1].abs().amax(-1)[scored].max()
+    assert sums.max_logit_diff == pytest.approx(float(diff))
 
 
 def losses(ce, kl=0.0):

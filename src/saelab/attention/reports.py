@@ -52,8 +52,8 @@ def open_attention_sae(sae_dir: str, model: str | LoadedModel | None = None) -> 
 def build_census_report(asae: AttentionSAE, source: str = "toy", n_windows: int = 64, context: int = 128,
                         config: CensusConfig | None = None, progress: bool = False) -> dict:
     """Head census on ``n_windows`` windows of ``source`` ("toy": labelled toy documents with families)."""
-    context = min(context, int(getattr(asae.lm.model.config, "max_position_embeddings", None)
-                               or getattr(asae.lm.model.config, "n_positions", context)))
+    context = min(context, int(getattr(asae.lm.config, "max_position_embeddings", None)
+                               or getattr(asae.lm.config, "n_positions", context)))
     windows = (toy_windows(asae.lm, n_windows, context=context) if source == "toy"
                else source_windows(asae.lm, source, n_windows, context))
     acts = latent_activations(asae, windows.ids, progress=progress)

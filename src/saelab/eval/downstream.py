@@ -10,10 +10,15 @@ CE = −log p(token_{t+1}), KL = Σ_v p_clean(v) (log p_clean(v) − log p_run(v
 - ``ce_with_error``, ``kl_with_error``, ``error_term_max_logit_diff``: the SAE spliced with its error
   term added back, which must equal the clean run (up to float rounding)
 
-A recovered fraction whose baseline does not change the loss (zero denominator) is None.
+A recovered fraction whose baseline does not change the loss (zero denominator) is None. Scoring
+(``score_runs``) reads final-normed residuals and forms logits in chunks of predictions, so a
+262k-token vocabulary costs one chunk of float32 logits per run at a time, never ``[batch, pos, d_vocab]``.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -33,13 +38,8 @@ def next_token_log_probs(logits: Tensor) -> Tensor:
     return F.log_softmax(logits[:, :-1].float(), dim=-1)
 
 
-def cross_entropy(log_probs: Tensor, input_ids: Tensor) -> Tensor:
-    """``[batch, pos - 1]``: −log p(input_ids[:, t+1]) from ``log_probs [batch, pos - 1, d_vocab]``."""
-    return -log_probs.gather(-1, input_ids[:, 1:, None].to(log_probs.device)).squeeze(-1)
-
-
 def kl_divergence(clean_log_probs: Tensor, log_probs: Tensor) -> Tensor:
-    """``[batch, pos - 1]``: KL(p_clean ‖ p) per prediction."""
+    """``[...]``: KL(p_clean ‖ p) per prediction from log-probabilities ``[..., d_vocab]``."""
     return (clean_log_probs.exp() * (clean_log_probs - log_probs)).sum(-1).clamp_min(0.0)
 
 
@@ -53,18 +53,18 @@ class LossSums:
         self.max_logit_diff = 0.0
 
     @torch.no_grad()
-    def add(self, log_probs: Tensor, input_ids: Tensor, scored: Tensor, clean_log_probs: Tensor | None = None,
+    def add(self, log_probs: Tensor, targets: Tensor, clean_log_probs: Tensor | None = None,
             logit_diff: Tensor | None = None) -> None:
-        """Add one batch: ``log_probs [batch, pos-1, d_vocab]`` of this run, ``scored [batch, pos-1]``;
-        KL against ``clean_log_probs`` when given; ``logit_diff [batch, pos-1]`` (max |Δlogit| per
-        prediction) to track the largest difference from the clean logits."""
-        scored = scored.to(log_probs.device)
-        self.ce += float(cross_entropy(log_probs, input_ids)[scored].double().sum())
+        """Add scored predictions: ``log_probs [n, d_vocab]`` of this run, ``targets [n]`` the tokens
+        predicted; KL against ``clean_log_probs [n, d_vocab]`` when given; ``logit_diff [n]`` (max
+        |Δlogit| per prediction) to track the largest difference from the clean logits."""
+        targets = targets.to(log_probs.device)
+        self.ce += float(-log_probs.gather(-1, targets[:, None]).double().sum())
         if clean_log_probs is not None:
-            self.kl += float(kl_divergence(clean_log_probs, log_probs)[scored].double().sum())
-        if logit_diff is not None and bool(scored.any()):
-            self.max_logit_diff = max(self.max_logit_diff, float(logit_diff[scored].max()))
-        self.n += int(scored.sum())
+            self.kl += float(kl_divergence(clean_log_probs, log_probs).double().sum())
+        if logit_diff is not None and logit_diff.numel():
+            self.max_logit_diff = max(self.max_logit_diff, float(logit_diff.max()))
+        self.n += int(targets.numel())
 
     @property
     def mean_ce(self) -> float:
@@ -73,6 +73,45 @@ class LossSums:
     @property
     def mean_kl(self) -> float:
         return self.kl / self.n
+
+
+#: float32 logits held at once per run while scoring: ``chunk rows x d_vocab`` values (256 MiB)
+LOGIT_CHUNK_VALUES = 1 << 26
+
+
+@dataclass
+class ScoredRun:
+    """One run to score against the clean one: its final-normed residual ``[batch, pos, d_model]``,
+    the sums it adds to, and whether to track its largest logit difference from the clean run."""
+
+    resid: Tensor
+    sums: LossSums
+    track_logit_diff: bool = False
+
+
+@torch.no_grad()
+def score_runs(unembed: Callable[[Tensor], Tensor], d_vocab: int, input_ids: Tensor, scored: Tensor,
+               clean_resid: Tensor, clean: LossSums, runs: list[ScoredRun],
+               chunk_values: int = LOGIT_CHUNK_VALUES) -> None:
+    """CE of the clean run and CE/KL of every run in ``runs`` at the ``scored [batch, pos-1]``
+    predictions, from final-normed residuals (``LoadedModel.run_to_unembed``). Logits are formed
+    ``chunk_values // d_vocab`` predictions at a time, each run's once, so memory does not grow with
+    batch, context or the number of runs."""
+    where = scored.to(clean_resid.device)
+    targets = input_ids[:, 1:].to(clean_resid.device)[where]
+    clean_rows = clean_resid[:, :-1][where]
+    rows = [r.resid[:, :-1].to(clean_resid.device)[where] for r in runs]
+    step = max(1, chunk_values // d_vocab)
+    for start in range(0, len(targets), step):
+        stop = min(len(targets), start + step)
+        clean_logits = unembed(clean_rows[start:stop]).float()
+        clean_lp = F.log_softmax(clean_logits, dim=-1)
+        clean.add(clean_lp, targets[start:stop])
+        for run, run_rows in zip(runs, rows, strict=True):
+            logits = unembed(run_rows[start:stop]).float()
+            diff = (logits - clean_logits).abs().amax(-1) if run.track_logit_diff else None
+            run.sums.add(F.log_softmax(logits, dim=-1), targets[start:stop], clean_lp, logit_diff=diff)
+            del logits
 
 
 def downstream_metrics(clean: LossSums, spliced: LossSums, zero: LossSums, mean: LossSums,

@@ -11,7 +11,8 @@ toy world's documents for seed ``DEFAULT_EVAL_SEED`` (training uses seed 0), pac
 (the mean-ablation baseline); the second runs per batch the clean model (capturing the hooks), the
 zero- and mean-ablation of each hook, and per SAE the spliced run and, with ``check_error_term``,
 the spliced run with the error term added back. Several SAEs share the clean run and the baselines
-of their hook. Splices touch ordinary tokens only; CE and KL are masked to predictions between
+of their hook. Every run stops at the unembedding; logits are formed in chunks of predictions by
+``score_runs``, so a large vocabulary never costs ``[batch, pos, d_vocab]`` floats. Splices touch ordinary tokens only; CE and KL are masked to predictions between
 ordinary tokens. Metric definitions: ``saelab.eval.metrics``, ``saelab.eval.downstream``,
 ``saelab.eval.latents``.
 """
@@ -30,7 +31,7 @@ from tqdm.auto import tqdm
 from saelab.data.packing import PackingConfig, iter_windows
 from saelab.data.sources import Source, open_source
 from saelab.errors import ConfigError, SaelabError, check_range
-from saelab.eval.downstream import LossSums, downstream_metrics, next_token_log_probs, scored_predictions
+from saelab.eval.downstream import LossSums, ScoredRun, downstream_metrics, score_runs, scored_predictions
 from saelab.eval.latents import LatentStats
 from saelab.eval.metrics import ReconstructionStats
 from saelab.eval.splice import (
@@ -104,7 +105,7 @@ def resolve_source(source: Source | str | None) -> Source:
 
 def model_context(lm: LoadedModel) -> int | None:
     """The longest input the model takes (``n_positions`` / ``max_position_embeddings``), if recorded."""
-    config = lm.model.config
+    config = lm.config
     return getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
 
 
@@ -199,25 +200,24 @@ def evaluate_saes(lm: LoadedModel, saes: Sequence[SAE], source: Source | str | N
         ids = torch.from_numpy(windows).to(lm.device)
         ordinary = _ordinary(lm, ids)
         scored = scored_predictions(ordinary)
-        logits, cache = lm.run_with_cache(ids, hooks)
-        clean_lp = next_token_log_probs(logits)
-        clean.add(clean_lp, ids, scored)
+        clean_resid, cache = lm.run_to_unembed(ids, capture=hooks)
+        runs = []
         for hook in hooks:
             for sums, replace in ((zero[hook], zero_replacement()), (mean[hook], mean_replacement(means[hook]))):
-                run = lm.run_with_hooks(ids, {hook: splice_edit(replace, ordinary)})
-                sums.add(next_token_log_probs(run), ids, scored, clean_lp)
+                resid, _ = lm.run_to_unembed(ids, {hook: splice_edit(replace, ordinary)})
+                runs.append(ScoredRun(resid, sums))
         for acc in accs:
             sae = acc.sae
             x = flat_per_token(cache[acc.hook])[ordinary].to(device=sae.W_dec.device, dtype=sae.W_dec.dtype)
             acts = sae.encode(x)
             acc.recon.update(x, sae.decode(acts), acts)
             acc.latents.update(acts)
-            run = lm.run_with_hooks(ids, {acc.hook: splice_edit(sae_replacement(sae), ordinary)})
-            acc.spliced.add(next_token_log_probs(run), ids, scored, clean_lp)
+            resid, _ = lm.run_to_unembed(ids, {acc.hook: splice_edit(sae_replacement(sae), ordinary)})
+            runs.append(ScoredRun(resid, acc.spliced))
             if config.check_error_term:
-                run = lm.run_with_hooks(ids, {acc.hook: splice_edit(sae_with_error_replacement(sae), ordinary)})
-                diff = (run[:, :-1].float() - logits[:, :-1].float()).abs().amax(-1)
-                acc.with_error.add(next_token_log_probs(run), ids, scored, clean_lp, logit_diff=diff)
+                resid, _ = lm.run_to_unembed(ids, {acc.hook: splice_edit(sae_with_error_replacement(sae), ordinary)})
+                runs.append(ScoredRun(resid, acc.with_error, track_logit_diff=True))
+        score_runs(lm.unembed, lm.d_vocab, ids, scored, clean_resid, clean, runs)
         n = int(ordinary.sum())
         n_tokens += n
         bar.update(n)

@@ -43,6 +43,7 @@ class LoadedModel:
         self.tokenizer = tokenizer
         self.adapter = adapter or adapter_for(model)
         self.name = name or getattr(model.config, "_name_or_path", "") or type(model).__name__
+        self.config = self.adapter.config  # the language model's settings (text_config of a wrapper)
         model.eval()
         model.requires_grad_(False)
         a = self.adapter
@@ -74,14 +75,14 @@ class LoadedModel:
         """BOS, EOS and PAD ids (tokenizer first, then config), without duplicates or Nones."""
         ids: list[int] = []
         for attr in ("bos_token_id", "eos_token_id", "pad_token_id"):
-            for source in (self.tokenizer, self.model.config):
+            for source in (self.tokenizer, self.config):
                 value = getattr(source, attr, None) if source is not None else None
                 values = value if isinstance(value, (list, tuple)) else [value]
                 ids += [int(v) for v in values if v is not None and int(v) not in ids]
         return ids
 
     def _token_id(self, attr: str) -> int | None:
-        for source in (self.tokenizer, self.model.config):
+        for source in (self.tokenizer, self.config):
             value = getattr(source, attr, None) if source is not None else None
             if isinstance(value, (list, tuple)):
                 value = value[0] if value else None
@@ -209,6 +210,39 @@ class LoadedModel:
         session = HookSession(self.adapter, edits=edits, model_name=self.name)
         return self._forward(session, self.as_input_ids(input_ids), attention_mask, grad, forward_kwargs)
 
+    def run_to_unembed(self, input_ids: TokensLike, edits: Mapping[str, EditFn] | None = None,
+                       capture: Iterable[str] = (), attention_mask: TokensLike | None = None,
+                       grad: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Run with ``edits`` up to the unembedding and return ``(resid_final [batch, pos, d_model], cache)``:
+        the final-normed residual stream the unembedding reads (``unembed`` turns it into logits) and the
+        ``capture``d hooks. The ``[batch, pos, d_vocab]`` logits are never formed, which matters for
+        large vocabularies (Gemma 3: 262k tokens)."""
+        captured = list(capture)
+        points = self.parse_hooks(captured) if captured else []
+        session = HookSession(self.adapter, edits=edits, capture=[p.name for p in points], detach=not grad,
+                              model_name=self.name)
+        stash: dict[str, torch.Tensor] = {}
+
+        def grab(module, args, kwargs):
+            stash["resid"] = args[0] if args else kwargs["input"]
+            raise StopForward
+
+        handle = self.adapter.unembed_module().register_forward_pre_hook(grab, with_kwargs=True)
+        try:
+            self._forward(session, self.as_input_ids(input_ids), attention_mask, grad, {})
+        finally:
+            handle.remove()
+        if "resid" not in stash:
+            raise SaelabError(f"{self.name}: the forward pass ended without reaching the unembedding")
+        return stash["resid"], session.cache
+
+    def unembed(self, resid_final: torch.Tensor) -> torch.Tensor:
+        """Logits ``[..., d_vocab]`` from the final-normed residual ``[..., d_model]`` (``run_to_unembed``),
+        with the family's logit soft-cap applied; equal to the model's own logits."""
+        logits = self.adapter.unembed_module()(resid_final)
+        cap = self.logit_softcap
+        return logits if cap is None else torch.tanh(logits / cap) * cap
+
     def hooks(self, edits: Mapping[str, EditFn] | None = None, capture: Iterable[str] | None = None,
               detach: bool = True) -> HookSession:
         """Context manager installing ``edits`` and ``capture`` for any call of ``self.model`` inside it
@@ -259,6 +293,11 @@ class LoadedModel:
         b = self.adapter.out_projection(self._check_layer(layer))[1]
         return self.adapter._zeros(self.d_model) if b is None else b
 
+    def qk_norm(self, layer: int) -> tuple[NormSpec, NormSpec] | None:
+        """Gemma 3's per-head query and key norms (over ``d_head``), applied after ``hook_q``/``hook_k``
+        and before rotary embeddings; None for families without them."""
+        return self.adapter.qk_norm_spec(self._check_layer(layer))
+
     def attn_out_norm(self, layer: int) -> nn.Module | None:
         """The norm between the attention output projection and the residual (Gemma 2), else None."""
         return self.adapter.attn_out_norm(self._check_layer(layer))
@@ -287,7 +326,7 @@ class LoadedModel:
     @property
     def logit_softcap(self) -> float | None:
         """Gemma 2's final logit soft-cap ``c`` (logits = c * tanh(x / c)), else None."""
-        return getattr(self.model.config, "final_logit_softcapping", None)
+        return getattr(self.config, "final_logit_softcapping", None)
 
     def norm(self, which: str, layer: int | None = None) -> NormSpec:
         """The norm before attention (``"attn"``) or the MLP (``"mlp"``) of ``layer``, or ``"final"``."""

@@ -3,7 +3,10 @@
 ``tiny_model(family)`` builds a 3-block model with d_model 32 from a config, then perturbs its norm
 weights and biases so that they are not the identity (folding and decomposition tests would
 otherwise pass vacuously). Llama-layout models use grouped-query attention; Mistral and Gemma 2
-use a sliding window shorter than typical test sequences; Gemma 2 keeps its logit soft-caps.
+use a sliding window shorter than typical test sequences; Gemma 2 keeps its logit soft-caps; Gemma 3
+alternates sliding and global layers with one key/value head and q/k norms, as Gemma 3 270M does, and
+``gemma3_multimodal`` wraps the same decoder in ``Gemma3ForConditionalGeneration`` with a one-layer
+vision tower.
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ import torch
 from saelab.errors import check_choice
 
 TINY_FAMILIES: tuple[str, ...] = (
-    "gpt2", "gpt_neox", "gpt_neox_sequential", "llama", "mistral", "qwen2", "gemma", "gemma2",
+    "gpt2", "gpt_neox", "gpt_neox_sequential", "llama", "mistral", "qwen2", "gemma", "gemma2", "gemma3",
+    "gemma3_multimodal",
 )
 
 
@@ -41,7 +45,18 @@ def tiny_config(family: str, *, vocab_size: int = 97, n_layers: int = 3, n_ctx: 
         return T.Qwen2Config(**common, num_key_value_heads=2)
     if family == "gemma":
         return T.GemmaConfig(**common, num_key_value_heads=1, head_dim=16)
-    return T.Gemma2Config(**common, num_key_value_heads=2, head_dim=8, sliding_window=6, query_pre_attn_scalar=8)
+    if family == "gemma2":
+        return T.Gemma2Config(**common, num_key_value_heads=2, head_dim=8, sliding_window=6, query_pre_attn_scalar=8)
+    layer_types = ["sliding_attention" if (i + 1) % 3 else "full_attention" for i in range(n_layers)]
+    text = T.Gemma3TextConfig(**common, num_key_value_heads=1, head_dim=16, sliding_window=6,
+                              query_pre_attn_scalar=16, layer_types=layer_types)
+    if family == "gemma3":
+        return text
+    vision = T.SiglipVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                  image_size=28, patch_size=14)
+    return T.Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=4,
+                          image_token_index=vocab_size - 1, boi_token_index=vocab_size - 3,
+                          eoi_token_index=vocab_size - 2)
 
 
 def tiny_model(family: str, *, seed: int = 0, attn_implementation: str | None = None, vocab_size: int = 97,

@@ -1,7 +1,7 @@
 """Model-family adapters, chosen by ``config.model_type``.
 
 Supported: ``gpt2``; ``gpt_neox`` (Pythia); ``llama``, ``mistral``, ``qwen2`` (one layout);
-``gemma``; ``gemma2``.
+``gemma``; ``gemma2``; ``gemma3_text`` and ``gemma3`` (the multimodal wrapper, text decoder only).
 """
 
 from __future__ import annotations
@@ -11,7 +11,13 @@ from torch import nn
 from saelab.errors import SaelabError
 from saelab.models.adapters.base import Adapter, ModelLayoutError
 from saelab.models.adapters.gpt2 import GPT2Adapter
-from saelab.models.adapters.llama import Gemma2Adapter, GemmaAdapter, LlamaAdapter
+from saelab.models.adapters.llama import (
+    Gemma2Adapter,
+    Gemma3Adapter,
+    Gemma3MultimodalAdapter,
+    GemmaAdapter,
+    LlamaAdapter,
+)
 from saelab.models.adapters.neox import NeoXAdapter
 
 ADAPTERS: dict[str, type[Adapter]] = {
@@ -22,6 +28,8 @@ ADAPTERS: dict[str, type[Adapter]] = {
     "qwen2": LlamaAdapter,
     "gemma": GemmaAdapter,
     "gemma2": Gemma2Adapter,
+    "gemma3_text": Gemma3Adapter,
+    "gemma3": Gemma3MultimodalAdapter,
 }
 SUPPORTED_MODEL_TYPES: tuple[str, ...] = tuple(ADAPTERS)
 

@@ -50,6 +50,12 @@ def expand_kv(W: torch.Tensor, n_heads: int) -> torch.Tensor:
     return W if groups == 1 else W.repeat_interleave(groups, dim=0)
 
 
+def text_config(config):
+    """The language model's settings: ``config.text_config`` for multimodal wrappers, else ``config``."""
+    getter = getattr(config, "get_text_config", None)
+    return getter() if getter is not None else config
+
+
 class Adapter(ABC):
     """Base class of the per-family adapters; see the module docstring for weight conventions."""
 
@@ -59,7 +65,7 @@ class Adapter(ABC):
 
     def __init__(self, model: nn.Module):
         self.model = model
-        self.config = model.config
+        self.config = text_config(model.config)
         self.n_layers: int = int(self.config.num_hidden_layers)
         self.d_model: int = int(self.config.hidden_size)
         self.n_heads: int = int(self.config.num_attention_heads)
@@ -172,6 +178,10 @@ class Adapter(ABC):
     @abstractmethod
     def norm_spec(self, which: str, layer: int | None = None) -> NormSpec:
         """``which``: ``"attn"`` (before attention), ``"mlp"`` (before the MLP) or ``"final"``."""
+
+    def qk_norm_spec(self, layer: int) -> tuple[NormSpec, NormSpec] | None:
+        """Per-head norms applied to queries and keys after ``hook_q``/``hook_k`` (Gemma 3), else None."""
+        return None
 
     def attn_out_norm(self, layer: int) -> nn.Module | None:
         """A norm applied to the attention output before it joins the residual (Gemma 2), else None."""

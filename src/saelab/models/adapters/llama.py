@@ -13,6 +13,16 @@ module, so ``hook_resid_pre`` of block 0 is the scaled embedding). Gemma 2 also 
 sub-layer's output before adding it (``post_attention_layernorm``, ``post_feedforward_layernorm``);
 there ``hook_attn_out``/``hook_mlp_out`` are those norms' outputs (what is added to the residual, as
 in TransformerLens), so ``hook_attn_out = attn_out_norm(sum_h z_h W_O[h] + b_O)``.
+
+Gemma 3 keeps Gemma 2's four block norms and adds per-head RMSNorms on queries and keys
+(``self_attn.q_norm``/``k_norm``, scale ``1 + weight``, applied after ``q_proj``/``k_proj`` and before
+rotary). ``hook_q``/``hook_k`` are the projections' outputs, *before* those norms (TransformerLens'
+place: ``hook_q = x @ W_Q``); the attention scores use ``rope(q_norm(hook_q))·rope(k_norm(hook_k))``,
+and ``qk_norm_spec(layer)`` returns the two norms. DFA reads only ``hook_pattern`` and ``hook_v``
+(no value norm in Gemma 3), so it stays exact. Layers alternate between sliding-window (local rope
+base) and global attention (``config.layer_types``); no logit soft-capping; tied embeddings.
+The multimodal wrapper (``model_type`` ``gemma3``) nests the same decoder at
+``model.language_model``; its text settings are in ``config.text_config``.
 """
 
 from __future__ import annotations
@@ -31,12 +41,13 @@ class LlamaAdapter(Adapter):
     norm_offset = 0.0  # RMSNorm multiplies by weight + norm_offset
     mlp_norm_name = "post_attention_layernorm"
     attn_name, out_proj_name, mlp_out_proj_name = "self_attn", "o_proj", "mlp.down_proj"
+    decoder_path = "model"  # the module holding ``layers`` and ``norm``
 
     def blocks(self) -> nn.ModuleList:
-        return get_module(self.model, "model.layers")
+        return get_module(self.model, f"{self.decoder_path}.layers")
 
     def final_norm_module(self) -> nn.Module:
-        return get_module(self.model, "model.norm")
+        return get_module(self.model, f"{self.decoder_path}.norm")
 
     def attention_module(self, layer: int) -> nn.Module:
         return get_module(self.blocks()[layer], "self_attn")
@@ -94,3 +105,19 @@ class Gemma2Adapter(GemmaAdapter):
 
     def attn_out_norm(self, layer: int) -> nn.Module:
         return get_module(self.blocks()[layer], "post_attention_layernorm")
+
+
+class Gemma3Adapter(Gemma2Adapter):
+    family = "gemma3"
+
+    def qk_norm_spec(self, layer: int) -> tuple[NormSpec, NormSpec]:
+        """The per-head query and key norms of ``layer`` (each over ``d_head``)."""
+        attn = self.attention_module(layer)
+        return (rms_norm_spec(get_module(attn, "q_norm"), offset=self.norm_offset),
+                rms_norm_spec(get_module(attn, "k_norm"), offset=self.norm_offset))
+
+
+class Gemma3MultimodalAdapter(Gemma3Adapter):
+    """``Gemma3ForConditionalGeneration``: the text decoder at ``model.language_model``."""
+
+    decoder_path = "model.language_model"
