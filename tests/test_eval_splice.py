@@ -216,3 +216,24 @@ def test_replacements_keep_the_models_dtype(lm):
     sae = random_sae(RESID)
     x = torch.randn(5, 32, dtype=torch.float64)
     assert sae_replacement(sae)(x).dtype == torch.float64
+
+
+def test_logits_are_formed_in_chunks_and_chunking_does_not_change_results(lm, monkeypatch):
+    sae = random_sae(RESID, "jumprelu")
+    whole = evaluate_sae(lm, sae, SOURCE, config()).metrics
+    rows_seen = []
+    unembed = lm.unembed
+
+    def recording_unembed(resid):
+        rows_seen.append(resid.shape[0])
+        return unembed(resid)
+
+    monkeypatch.setattr(lm, "unembed", recording_unembed)
+    chunk_rows = 5
+    chunked = evaluate_sae(lm, sae, SOURCE, config(logit_chunk=chunk_rows * lm.d_vocab)).metrics
+    assert rows_seen and max(rows_seen) <= chunk_rows  # never [batch, pos, d_vocab] at once
+    for key in ("ce_clean", "ce_spliced", "kl", "ce_zero_ablation", "ce_mean_ablation", "kl_with_error",
+                "error_term_max_logit_diff"):
+        assert chunked[key] == pytest.approx(whole[key], rel=1e-5, abs=1e-7), key
+    with pytest.raises(ConfigError, match="logit_chunk"):
+        config(logit_chunk=0)

@@ -16,6 +16,7 @@ from saelab.errors import SaelabError
 
 COMMAND_MODULES = [
     "saelab.toy.commands",
+    "saelab.models.commands",
     "saelab.data.commands",
     "saelab.attention.commands",
     "saelab.eval.commands",

@@ -15,7 +15,7 @@ from saelab.errors import check_range
 
 def add_model_arguments(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
     parser.add_argument("--model", required=required, default=None if required else "toy",
-                        help="'toy', a local Hugging Face folder or a hub id")
+                        help="'toy', a local Hugging Face folder, a .gguf file or a hub id")
     parser.add_argument("--model-dtype", default="float32", help="dtype the model runs in")
     parser.add_argument("--device", default="cpu", help="device the model runs on (cpu, cuda, cuda:1, ...)")
 
@@ -23,6 +23,7 @@ def add_model_arguments(parser: argparse.ArgumentParser, *, required: bool = Tru
 def add_source_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--source", default="toy",
                         help="'toy', 'toy:SEED', 'hf:NAME[:CONFIG]', or a .txt/.jsonl/.parquet/.npy/.safetensors path")
+    add_text_alias(parser)
     parser.add_argument("--source-seed", type=int, default=0, help="seed of the toy source (default 0)")
     parser.add_argument("--text-column", default="text", help="text column of .jsonl/.parquet/hf sources")
     parser.add_argument("--split", default="train", help="split of an hf: source")
@@ -35,6 +36,12 @@ def add_source_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--include-special-tokens", action="store_true",
                         help="keep activations at BOS/EOS/PAD (excluded by default)")
     parser.add_argument("--model-batch-size", type=int, default=16, help="windows per forward pass")
+
+
+def add_text_alias(parser: argparse.ArgumentParser) -> None:
+    """``--text PATH``: the same as ``--source PATH`` for a .txt/.jsonl file or folder of text."""
+    parser.add_argument("--text", dest="source", default=argparse.SUPPRESS, metavar="PATH",
+                        help="a .txt/.jsonl file or folder of text (the same as --source PATH)")
 
 
 def add_threads_argument(parser: argparse.ArgumentParser) -> None:

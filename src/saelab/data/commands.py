@@ -13,7 +13,9 @@ extends a finished cache.
 from __future__ import annotations
 
 import argparse
+import json
 import time
+from pathlib import Path
 
 from saelab.cli_args import (
     add_model_arguments,
@@ -51,6 +53,34 @@ def register(subparsers) -> None:
     verify.add_argument("path", help="cache folder")
     verify.add_argument("--json", action="store_true", help="print the result as JSON")
     verify.set_defaults(func=run_verify)
+
+
+    corpus = subparsers.add_parser("corpus", help="real English text: build a cleaned train/held-out corpus")
+    csub = corpus.add_subparsers(dest="corpus_command", metavar="SUBCOMMAND")
+    corpus.set_defaults(func=lambda args: corpus.print_help() or 2)
+    build = csub.add_parser("build", help="clean, deduplicate and split prose from unpacked Debian packages "
+                                          "(python3.11-doc, jargon-text, fortunes; see scripts/get_real_corpus.sh)")
+    build.add_argument("--from", dest="root", required=True, help="folder the .deb packages were unpacked into")
+    build.add_argument("--out", required=True, help="output folder (train/heldout .txt and .jsonl, manifest.json)")
+    build.add_argument("--heldout-fraction", type=float, default=0.05, help="share of documents held out")
+    build.add_argument("--min-words", type=int, default=8, help="shortest paragraph kept, in words")
+    build.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    build.set_defaults(func=run_corpus_build)
+
+
+def run_corpus_build(args: argparse.Namespace) -> int:
+    from saelab.data.english import find_documents, write_corpus
+
+    manifest = write_corpus(find_documents(args.root), args.out, heldout_fraction=args.heldout_fraction,
+                            min_words=args.min_words)
+    if args.json:
+        print(json.dumps(manifest, indent=2))
+    else:
+        for split, stats in manifest["splits"].items():
+            print(f"{split:<8} {stats['documents']:>7} documents {stats['paragraphs']:>7} paragraphs "
+                  f"{stats['words']:>9} words  -> {Path(args.out) / (split + '.txt')}")
+        print("paragraphs by source: " + ", ".join(f"{k} {v}" for k, v in manifest["paragraphs_by_source"].items()))
+    return 0
 
 
 def _summary(manifest: dict, elapsed: float | None = None) -> dict:

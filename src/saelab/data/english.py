@@ -22,6 +22,7 @@ import hashlib
 import json
 import re
 from collections.abc import Iterable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -250,9 +251,10 @@ def write_corpus(documents: Iterable[Document], out: str | Path, *, heldout_frac
     out.mkdir(parents=True, exist_ok=True)
     stats = {"train": CorpusStats(), "heldout": CorpusStats()}
     by_source: dict[str, int] = {}
-    files = {split: (open(out / f"{split}.txt.tmp", "w", encoding="utf-8"),
-                     open(out / f"{split}.jsonl.tmp", "w", encoding="utf-8")) for split in stats}
-    try:
+    with ExitStack() as stack:
+        files = {split: (stack.enter_context(open(out / f"{split}.txt.tmp", "w", encoding="utf-8")),
+                         stack.enter_context(open(out / f"{split}.jsonl.tmp", "w", encoding="utf-8")))
+                 for split in stats}
         for doc in clean_documents(documents, min_words):
             split = "heldout" if is_heldout(doc.name, heldout_fraction) else "train"
             txt, jsonl = files[split]
@@ -265,10 +267,6 @@ def write_corpus(documents: Iterable[Document], out: str | Path, *, heldout_frac
                 s.paragraphs += 1
                 s.words += len(paragraph.split())
                 s.bytes += len(paragraph.encode()) + 2
-    finally:
-        for txt, jsonl in files.values():
-            txt.close()
-            jsonl.close()
     if stats["train"].paragraphs == 0:
         for split in stats:
             for ext in ("txt", "jsonl"):

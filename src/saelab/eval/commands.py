@@ -36,8 +36,10 @@ def register(subparsers) -> None:
     ev = subparsers.add_parser("eval", help="fidelity and sparsity of an SAE spliced into its model")
     ev.add_argument("sae", metavar="SAE_DIR", help="SAE folder (cfg.json + sae_weights.safetensors) or Hub id")
     ev.add_argument("--model", default=None, help="model spec (default: the one recorded in the SAE folder)")
-    ev.add_argument("--source", default=DEFAULT_EVAL_SOURCE,
-                    help=f"held-out evaluation data (default {DEFAULT_EVAL_SOURCE}; 'toy:SEED', a file, 'hf:NAME')")
+    ev.add_argument("--source", "--text", dest="source", default=None,
+                    help="held-out evaluation data ('toy:SEED', a .txt/.jsonl file, 'hf:NAME'); default: the "
+                         "heldout.* file beside the SAE's training text (saelab corpus build writes both), "
+                         f"else {DEFAULT_EVAL_SOURCE}")
     ev.add_argument("--tokens", type=int, default=32_768, help="evaluation tokens (default 32768)")
     ev.add_argument("--context-size", type=int, default=None,
                     help="tokens per window (default: the SAE's, else 128 or the model's context if shorter)")
@@ -118,6 +120,21 @@ def load_sae_and_model(sae_path: str, model: str | None, device: str):
     return load_model(spec, device=device), sae, info
 
 
+def default_eval_source(info) -> str:
+    """The held-out split beside the SAE's training text (``.../train.txt`` -> ``.../heldout.txt``,
+    as ``saelab corpus build`` writes them), else the held-out toy documents."""
+    from saelab.eval.evaluate import DEFAULT_EVAL_SOURCE
+
+    trained_on = info.metadata.get("dataset_path") or info.saelab.get("dataset_path")
+    if trained_on:
+        path = Path(str(trained_on))
+        if path.is_file() and path.stem == "train":
+            heldout = path.with_name("heldout" + path.suffix)
+            if heldout.is_file():
+                return str(heldout)
+    return DEFAULT_EVAL_SOURCE
+
+
 def _training_data_warning(info, source) -> list[str]:
     trained_on = info.metadata.get("dataset_path") or info.saelab.get("dataset_path")
     if trained_on and trained_on == source.dataset_path:
@@ -150,7 +167,7 @@ def run_eval(args: argparse.Namespace) -> int:
     config = EvalConfig(tokens=args.tokens, context_size=context, batch_size=args.batch_size,
                         dense_threshold=args.dense_threshold, check_error_term=not args.no_error_check,
                         progress=not args.no_progress)
-    source = resolve_source(args.source)
+    source = resolve_source(args.source or default_eval_source(info))
     result = evaluate_sae(lm, sae, source, config)
     metrics = result.metrics
     metrics["warnings"] = _model_change_warning(info, lm) + _training_data_warning(info, source) + metrics["warnings"]

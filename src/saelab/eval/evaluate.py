@@ -31,7 +31,14 @@ from tqdm.auto import tqdm
 from saelab.data.packing import PackingConfig, iter_windows
 from saelab.data.sources import Source, open_source
 from saelab.errors import ConfigError, SaelabError, check_range
-from saelab.eval.downstream import LossSums, ScoredRun, downstream_metrics, score_runs, scored_predictions
+from saelab.eval.downstream import (
+    LOGIT_CHUNK_VALUES,
+    LossSums,
+    ScoredRun,
+    downstream_metrics,
+    score_runs,
+    scored_predictions,
+)
 from saelab.eval.latents import LatentStats
 from saelab.eval.metrics import ReconstructionStats
 from saelab.eval.splice import (
@@ -67,6 +74,8 @@ class EvalConfig:
     dense_threshold: latents firing on more than this fraction of tokens count as dense.
     check_error_term: also run the SAE with its error term added back (must equal the clean run).
     progress: show progress bars.
+    logit_chunk: float32 logit values formed at once per run while scoring (rows x d_vocab); bounds
+        the memory of CE/KL for large vocabularies.
     """
 
     tokens: int = 32_768
@@ -75,12 +84,14 @@ class EvalConfig:
     dense_threshold: float = 0.1
     check_error_term: bool = True
     progress: bool = True
+    logit_chunk: int = LOGIT_CHUNK_VALUES
 
     def __post_init__(self) -> None:
         check_range("tokens", self.tokens, 1, None, integer=True)
         check_range("context_size", self.context_size, 2, 1 << 20, integer=True)
         check_range("batch_size", self.batch_size, 1, None, integer=True)
         check_range("dense_threshold", self.dense_threshold, 0, 1)
+        check_range("logit_chunk", self.logit_chunk, 1, None, integer=True)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -217,7 +228,7 @@ def evaluate_saes(lm: LoadedModel, saes: Sequence[SAE], source: Source | str | N
             if config.check_error_term:
                 resid, _ = lm.run_to_unembed(ids, {acc.hook: splice_edit(sae_with_error_replacement(sae), ordinary)})
                 runs.append(ScoredRun(resid, acc.with_error, track_logit_diff=True))
-        score_runs(lm.unembed, lm.d_vocab, ids, scored, clean_resid, clean, runs)
+        score_runs(lm.unembed, lm.d_vocab, ids, scored, clean_resid, clean, runs, chunk_values=config.logit_chunk)
         n = int(ordinary.sum())
         n_tokens += n
         bar.update(n)

@@ -31,6 +31,9 @@ from saelab.models.adapters.base import expand_kv
 from saelab.models.hooking import EditFn, HookSession, StopForward
 from saelab.models.norms import NormSpec
 
+#: config fields that describe how a model was saved, not what it computes
+FINGERPRINT_IGNORED = frozenset({"architectures", "transformers_version"})
+
 TokensLike = torch.Tensor | np.ndarray | Sequence[int] | Sequence[Sequence[int]]
 
 
@@ -101,8 +104,10 @@ class LoadedModel:
 
     def fingerprint(self) -> str:
         """A cheap identity of config and weights (sha256 of the config without private fields such as
-        the load path and, per parameter, its name, shape and the sum of its first 4096 values)."""
-        config = {k: v for k, v in self.model.config.to_dict().items() if not k.startswith("_")}
+        the load path and bookkeeping that does not change the model (``FINGERPRINT_IGNORED``: a GGUF
+        file and its converted folder agree) and, per parameter, its name, shape and the sum of its first 4096 values)."""
+        config = {k: v for k, v in self.model.config.to_dict().items()
+                  if not k.startswith("_") and k not in FINGERPRINT_IGNORED}
         digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
         for name, param in self.model.named_parameters():
             head = param.detach().reshape(-1)[:4096]

@@ -1,10 +1,12 @@
-"""``load_model(spec)``: the bundled toy model, a local Hugging Face folder or a hub id.
+"""``load_model(spec)``: the bundled toy model, a local Hugging Face folder, a ``.gguf`` file or a hub id.
 
 The family is checked from the config before any weights are read, so an unsupported model fails
 fast with the list of supported ones. Hub ids go through the ordinary ``from_pretrained`` path
 (network or the local Hugging Face cache); extra keyword arguments (``device_map``,
 ``attn_implementation``, ``revision``, ...) are passed to ``from_pretrained``. With ``device_map``
-the model is left where it was placed; otherwise it is moved to ``device``.
+the model is left where it was placed; otherwise it is moved to ``device``. A GGUF file is
+dequantised into its family's HF model (``saelab.models.gguf``); converting it once with
+``saelab models convert`` makes later loads much faster.
 """
 
 from __future__ import annotations
@@ -39,6 +41,11 @@ def resolve_model_path(spec: str) -> str:
 
         return str(bundled_model_path())
     path = Path(spec).expanduser()
+    if path.is_file():
+        from saelab.models.gguf import inspect_gguf
+
+        inspect_gguf(path)  # a clear error for a file that is not a usable GGUF model
+        return str(path)
     if path.exists():
         if not (path / "config.json").is_file():
             raise SaelabError(f"model folder {str(path)!r} has no config.json; a Hugging Face model folder "
@@ -61,6 +68,14 @@ def load_model(spec: str | nn.Module, device: str | torch.device = "cpu", dtype:
     if "torch_dtype" not in kwargs:
         kwargs["dtype"] = resolve_dtype(dtype)
     path = resolve_model_path(spec)
+    if Path(path).is_file():
+        from saelab.models.gguf import load_gguf
+
+        model, gguf_tokenizer = load_gguf(path, resolve_dtype(dtype) if dtype != "auto" else torch.float32,
+                                          **from_pretrained_kwargs)
+        if "device_map" not in kwargs:
+            model = model.to(device)
+        return LoadedModel(model, tokenizer or gguf_tokenizer, name=spec)
     trust = from_pretrained_kwargs.get("trust_remote_code", False)
     try:
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust)

@@ -60,12 +60,17 @@ def tiny_config(family: str, *, vocab_size: int = 97, n_layers: int = 3, n_ctx: 
 
 
 def tiny_model(family: str, *, seed: int = 0, attn_implementation: str | None = None, vocab_size: int = 97,
-               n_layers: int = 3, n_ctx: int = 64):
+               n_layers: int = 3, n_ctx: int = 64, **config_overrides):
     """A randomly initialised ``*ForCausalLM`` of ``family`` (see ``TINY_FAMILIES``) in eval mode.
-    ``attn_implementation`` defaults to ``sdpa`` (``eager`` for Gemma 2, which has no sdpa path)."""
+    ``attn_implementation`` defaults to ``sdpa`` (``eager`` for Gemma 2, which has no sdpa path);
+    ``config_overrides`` replace config fields (e.g. ``query_pre_attn_scalar=256``)."""
     from transformers import AutoModelForCausalLM
 
     config = tiny_config(family, vocab_size=vocab_size, n_layers=n_layers, n_ctx=n_ctx)
+    for key, value in config_overrides.items():
+        if not hasattr(config, key):
+            raise AttributeError(f"{type(config).__name__} has no field {key!r}")
+        setattr(config, key, value)
     config._attn_implementation = attn_implementation or ("eager" if family == "gemma2" else "sdpa")
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, attn_implementation=config._attn_implementation)
