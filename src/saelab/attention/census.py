@@ -4,9 +4,9 @@ what they write, and how many feature families they span.
 - A head's latents: the ``top_latents`` live latents (fired on the windows) with the largest
   head attribution ``h_{f,k}`` (``saelab.attention.geometry``).
 - Each latent: its ``n_examples`` top-activating tokens with ±5 tokens of context, and its direct
-  logit effect: the decoder row through ``W_O`` (``Σ_k d_{f,k} @ W_O[k]``) times the unembedding
-  with the final norm's weights folded in, top and bottom ``n_logits`` tokens (direct path only;
-  Gemma 2's attention-output norm is not applied).
+  logit effect: the decoder row through ``W_O`` (``Σ_k d_{f,k} @ W_O[k]``, through Gemma 2/3's
+  attention-output norm with the direction's length kept) times the unembedding with the final
+  norm's weights folded in, top and bottom ``n_logits`` tokens (direct path only).
 - With toy-world labels, each latent's family (``saelab.attention.families``); a head is
   *polysemantic* when its classified top latents cover at least two families, and the census gives
   the share of polysemantic heads among heads with at least one classified latent.
@@ -42,13 +42,14 @@ class CensusConfig:
         check_range("family_threshold", self.family_threshold, 0, 1)
 
 
-def logit_effects(asae: AttentionSAE) -> Tensor:
-    """``[d_sae, d_vocab]`` direct logit effect of each latent's decoder row (float32)."""
-    lm = asae.lm
-    W_dec = asae.decoder_by_head().float()  # noqa: N806
-    to_resid = torch.einsum("fhd,hdm->fm", W_dec, lm.W_O(asae.layer).float())
-    W_U, _ = lm.folded_W_U()  # noqa: N806
-    return to_resid @ W_U.float()
+def logit_effects(asae: AttentionSAE, latents: list[int]) -> Tensor:
+    """``[len(latents), d_vocab]`` direct logit effect of those latents' decoder rows (float32), through
+    ``W_O`` (and Gemma 2/3's attention-output norm) and the folded unembedding
+    (``saelab.interp.logits``). Only the latents asked for: with a 262k-token vocabulary all of an
+    SAE's rows at once would take gigabytes."""
+    from saelab.interp.logits import logit_weights, residual_directions
+
+    return logit_weights(asae.lm, residual_directions(asae.lm, asae.sae, asae.hook_name, latents))
 
 
 def _tokens(asae: AttentionSAE, ids: list[int]) -> list[str]:
@@ -111,13 +112,16 @@ def build_census(asae: AttentionSAE, windows: Windows, acts: Tensor, config: Cen
     if windows.labels:
         labels = {name: np.asarray(arr)[kept.numpy()] for name, arr in windows.labels.items()}
         families = classify_latents(flat, labels, config.min_fires, config.family_threshold)
-    effects = logit_effects(asae)
-    heads = []
+    orders = []
     for k in range(asae.n_heads):
         score = torch.where(live, h[:, k], torch.full_like(h[:, k], -1.0))
-        order = torch.argsort(score, descending=True)[:min(config.top_latents, int(live.sum()))]
+        orders.append(torch.argsort(score, descending=True)[:min(config.top_latents, int(live.sum()))].tolist())
+    chosen = sorted({f for order in orders for f in order})
+    effects = dict(zip(chosen, logit_effects(asae, chosen), strict=True)) if chosen else {}
+    heads = []
+    for k, order in enumerate(orders):
         latents = []
-        for f in order.tolist():
+        for f in order:
             top = effects[f].topk(config.n_logits)
             bottom = (-effects[f]).topk(config.n_logits)
             entry = {"latent": f, "head_attribution": round(float(h[f, k]), 4), "fires": int(fires[f]),

@@ -16,8 +16,8 @@ from saelab.cli_args import add_threads_argument, apply_threads
 def _common(parser: argparse.ArgumentParser, with_sae: bool = True) -> None:
     if with_sae:
         parser.add_argument("sae_dir", metavar="SAE_DIR", help="folder of an SAE on blocks.L.attn.hook_z")
-    parser.add_argument("--model", default=None, help="model spec (toy, a folder or a hub id); default: the "
-                        "model the SAE folder records" if with_sae else "model spec (toy, a folder or a hub id)")
+    parser.add_argument("--model", default=None, help="model spec (toy, a folder, a .gguf file or a hub id); default: the "
+                        "model the SAE folder records" if with_sae else "model spec (toy, a folder, a .gguf file or a hub id)")
     parser.add_argument("--out", default=None, help="write PNG/HTML/JSON views to this folder")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     add_threads_argument(parser)

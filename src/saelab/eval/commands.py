@@ -54,7 +54,7 @@ def register(subparsers) -> None:
 
     sw = subparsers.add_parser("sweep", help="train architectures at several sparsities from one stream; "
                                              "frontier table and plots")
-    sw.add_argument("--model", required=True, help="'toy', a local Hugging Face folder or a hub id")
+    sw.add_argument("--model", required=True, help="'toy', a local Hugging Face folder, a .gguf file or a hub id")
     sw.add_argument("--hook", required=True, help="hook name, e.g. blocks.2.hook_resid_pre")
     sw.add_argument("--archs", default="relu,topk,jumprelu", help="comma-separated architectures")
     sw.add_argument("--points", type=int, default=3, help="sparsity settings per architecture (default 3)")

@@ -47,7 +47,7 @@ def register(subparsers) -> None:
     limits = ExplorerLimits()
     p = subparsers.add_parser("explore", help="a local web app to look at any prompt through SAEs",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="toy", help="'toy', a local Hugging Face folder or a hub id (default toy)")
+    p.add_argument("--model", default="toy", help="'toy', a local Hugging Face folder, a .gguf file or a hub id (default toy)")
     p.add_argument("--model-dtype", default="float32", help="dtype the model runs in")
     p.add_argument("--device", default="cpu", help="device the model runs on (cpu, cuda, ...)")
     p.add_argument("--sae", action="append", required=True, metavar="[NAME=]DIR",

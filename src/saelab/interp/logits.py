@@ -15,6 +15,9 @@ import torch
 from saelab.models import LoadedModel, parse_hook_name
 from saelab.sae import SAE
 
+#: float32 logit weights held at once: ``features x d_vocab`` values (64 MiB)
+FEATURE_CHUNK_VALUES = 1 << 24
+
 RESIDUAL_KINDS = ("hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_attn_out", "hook_mlp_out")
 
 
@@ -49,11 +52,13 @@ def head_shares(lm: LoadedModel, sae: SAE, hook: str, features: list[int]) -> to
     return norms / norms.sum(-1, keepdim=True).clamp_min(1e-12)
 
 
-def logit_weights(lm: LoadedModel, directions: torch.Tensor) -> torch.Tensor:
+def logit_weights(lm: LoadedModel, directions: torch.Tensor, W: torch.Tensor | None = None) -> torch.Tensor:
     """Direct effect on the logits of adding each direction ``[F, d_model]`` to the final residual
-    stream, up to the norm's positive scale: ``[F, d_vocab]``."""
+    stream, up to the norm's positive scale: ``[F, d_vocab]``. ``W``: ``lm.folded_W_U()[0]`` if
+    already computed."""
     final = lm.norm("final")
-    W, _ = lm.folded_W_U()
+    if W is None:
+        W, _ = lm.folded_W_U()
     if final.kind == "layernorm":
         directions = directions - directions.mean(-1, keepdim=True)
     return directions @ W.float().cpu()
@@ -62,14 +67,18 @@ def logit_weights(lm: LoadedModel, directions: torch.Tensor) -> torch.Tensor:
 def logit_effects(lm: LoadedModel, sae: SAE, hook: str, features: list[int], k: int = 10,
                   n_bins: int = 30) -> list[dict | None]:
     """Per feature: ``{"top": [(token_id, weight)], "bottom": [...], "hist": {"edges", "counts"}}``
-    over the vocabulary, or None where the site has no path to the logits."""
+    over the vocabulary, or None where the site has no path to the logits. Features are mapped to the
+    vocabulary a chunk at a time, so memory stays bounded for any number of features and vocabularies."""
     directions = residual_directions(lm, sae, hook, features)
     if directions is None:
         return [None] * len(features)
-    weights = logit_weights(lm, directions)                                   # [F, d_vocab]
-    k = min(k, weights.shape[1])
+    W, _ = lm.folded_W_U()
+    k = min(k, W.shape[1])
+    step = max(1, FEATURE_CHUNK_VALUES // W.shape[1])
+    rows = (row for start in range(0, len(features), step)
+            for row in logit_weights(lm, directions[start:start + step], W))  # [step, d_vocab] at a time
     out = []
-    for row in weights:
+    for row in rows:
         top_v, top_i = row.topk(k)
         bot_v, bot_i = (-row).topk(k)
         counts, edges = torch.histogram(row, bins=n_bins)
