@@ -167,3 +167,24 @@ def test_bad_arguments_are_refused(planted):
         repeated_random_tokens(planted, 2, 1)
     with pytest.raises(SaelabError, match="prefix_lengths is empty"):
         prefix_induction(planted, [])
+
+
+def test_random_sequences_never_draw_control_or_placeholder_tokens():
+    from types import SimpleNamespace
+
+    from saelab.attention.induction import content_token_ids
+
+    names = ["<pad>", "<eos>", "<bos>", "<unused0>", "<start_of_image>", "▁cat", "<", "a<b>", "▁dog"]
+    names += [f"▁w{i}" for i in range(20)]
+
+    class Tokenizer:
+        all_special_ids = [0, 1, 2]
+
+        def __len__(self):
+            return len(names)
+
+        def convert_ids_to_tokens(self, ids):
+            return [names[i] for i in ids]
+
+    lm = SimpleNamespace(special_token_ids=[0, 1, 2], tokenizer=Tokenizer(), d_vocab=len(names), name="fake")
+    assert content_token_ids(lm).tolist() == [5, 6, 7, *range(8, 29)]  # "<" and "a<b>" are text; "<unused0>" is not

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -46,6 +47,11 @@ def test_train_writes_every_sae_and_metrics(tmp_path, capsys):
     assert {line["sae"] for line in lines} == set(summary["saes"])
     assert sorted({line["step"] for line in lines}) == [3, 6, 9, 12]
     assert all(line["l0"] == 4.0 for line in lines if line["architecture"] == "topk")
+    curves = Path(summary["training_curves"])
+    assert curves == out / "training_curves.png" and curves.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    from saelab.train.curves import read_curves
+
+    assert {name: len(rows) for name, rows in read_curves(out).items()} == {name: 4 for name in summary["saes"]}
 
 
 def test_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch):

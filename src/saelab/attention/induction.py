@@ -17,6 +17,7 @@ short-prefix experiment, and the induction loss ratio under head ablation.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,15 +30,22 @@ from saelab.errors import SaelabError, check_range
 from saelab.models import LoadedModel
 
 
+CONTROL_TOKEN = re.compile(r"^<[^<>\s]+>$")
+
+
 def content_token_ids(lm: LoadedModel) -> np.ndarray:
-    """Token ids random sequences draw from: the vocabulary without special tokens (and, when the
-    tokenizer knows them, without its added tokens)."""
+    """Token ids random sequences draw from: the vocabulary without special tokens, the tokenizer's
+    special ids and control/placeholder tokens spelt ``<...>``."""
     special = set(lm.special_token_ids)
     tok = lm.tokenizer
     if tok is not None:
         special |= set(getattr(tok, "all_special_ids", []) or [])
     n = min(lm.d_vocab, len(tok)) if tok is not None else lm.d_vocab
-    ids = np.array([i for i in range(n) if i not in special], dtype=np.int64)
+    names = tok.convert_ids_to_tokens(list(range(n))) if tok is not None else [""] * n
+    # control and placeholder tokens written <...> (Gemma's 6k <unusedN>, <start_of_image>, ...) were
+    # never trained as text: random sequences of them say nothing about induction
+    ids = np.array([i for i, name in enumerate(names) if i not in special and not CONTROL_TOKEN.match(str(name))],
+                   dtype=np.int64)
     if ids.size < 20:
         raise SaelabError(f"{lm.name} has only {ids.size} non-special tokens; induction tests need at least 20")
     return ids

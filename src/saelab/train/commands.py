@@ -123,6 +123,9 @@ def run_train(args: argparse.Namespace) -> int:
     if run is not None:
         result["ranks"] = run.world_size
     if run is None or run.is_main:
+        from saelab.train.curves import plot_training_curves
+
+        result["training_curves"] = str(plot_training_curves(out))
         emit(result, args.json)
     return 0
 

@@ -1,0 +1,52 @@
+"""Training curves: L0, FVU and loss of every SAE of a run against training tokens, from
+``metrics.jsonl``, as one PNG (``training_curves.png`` in the run folder). A flat tail on every panel
+is what a converged run looks like; a curve still falling means more tokens would change the result."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from saelab.errors import SaelabError
+from saelab.plotting import pyplot, save_png
+from saelab.train.metrics import METRICS_FILE
+
+CURVES_FILE = "training_curves.png"
+PANELS = (("l0", "L0 (active latents per token)", True), ("fvu", "FVU", True), ("loss", "training loss", True))
+
+
+def read_curves(run_dir: str | Path) -> dict[str, list[dict]]:
+    """``{sae name: [metrics line, ...]}`` in step order, from the run's ``metrics.jsonl``."""
+    path = Path(run_dir) / METRICS_FILE
+    if not path.is_file():
+        raise SaelabError(f"{path} does not exist: no training metrics to plot")
+    curves: dict[str, list[dict]] = {}
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut by a kill; the next checkpointed run rewrites from there
+        if "sae" in row and "tokens" in row:
+            curves.setdefault(row["sae"], []).append(row)
+    return {name: sorted(rows, key=lambda r: r["step"]) for name, rows in curves.items()}
+
+
+def plot_training_curves(run_dir: str | Path, out: str | Path | None = None) -> Path:
+    """Write the curves of the run in ``run_dir`` to ``out`` (default ``run_dir/training_curves.png``)."""
+    curves = read_curves(run_dir)
+    if not curves:
+        raise SaelabError(f"{Path(run_dir) / METRICS_FILE} holds no metrics lines")
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(PANELS), figsize=(5 * len(PANELS), 3.8))
+    for ax, (key, title, log) in zip(axes, PANELS, strict=True):
+        for name, rows in curves.items():
+            points = [(r["tokens"], r[key]) for r in rows if isinstance(r.get(key), (int, float)) and r[key] > 0]
+            if points:
+                ax.plot(*zip(*points, strict=True), marker=".", label=name)
+        ax.set_xlabel("training tokens")
+        ax.set_title(title)
+        if log:
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    return save_png(fig, out or Path(run_dir) / CURVES_FILE)
