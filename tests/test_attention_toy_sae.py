@@ -73,6 +73,11 @@ def test_census_on_the_toy_world(asae):
     summary = census.summary()
     assert sum(summary["family_counts"].values()) == D_SAE
     assert summary["n_heads_judged"] <= 4
+    conc = summary["head_concentration"]
+    live = census.attribution[acts[~windows.special].gt(0).any(0)]
+    assert sum(conc["max_share_histogram"]["counts"]) == sum(conc["dominant_head_counts"].values()) == len(live)
+    assert conc["share_above_0.5"] == pytest.approx(float((live.max(1).values > 0.5).float().mean()), abs=1e-4)
+    assert 0.25 <= conc["max_share_mean"] <= 1.0  # 4 heads: the largest share is at least a quarter
     # planted ground truth: the induction-family latents live in the toy model's top induction head
     induction = [f for f, fam in enumerate(census.families) if fam.family == "induction"]
     assert summary["family_counts"]["induction"] == len(induction) >= 5

@@ -10,6 +10,9 @@ what they write, and how many feature families they span.
 - With toy-world labels, each latent's family (``saelab.attention.families``); a head is
   *polysemantic* when its classified top latents cover at least two families, and the census gives
   the share of polysemantic heads among heads with at least one classified latent.
+- Always: how concentrated the live latents are in one head (largest attribution, its histogram, the
+  shares above 0.5 and 0.9). With one key/value head shared by all query heads (Gemma 3 270M), the
+  heads read the same values, so latents spread over heads more than in GPT-2 small.
 """
 
 from __future__ import annotations
@@ -84,9 +87,25 @@ class CensusResult:
     heads: list[dict]
     families: list[LatentFamily] | None
     n_live: int
+    live: Tensor | None = None  # [d_sae] bool
+
+    def concentration(self) -> dict:
+        """How head-specific the live latents are: the largest head attribution of each, its
+        histogram, the shares above 0.5 and 0.9, and the live latents whose largest share is each head's."""
+        h = self.attribution if self.live is None else self.attribution[self.live]
+        if h.shape[0] == 0:
+            return {}
+        best, head = h.max(-1)
+        counts, edges = np.histogram(best.numpy(), bins=10, range=(0.0, 1.0))
+        return {"max_share_mean": round(float(best.mean()), 4),
+                "share_above_0.5": round(float((best > 0.5).float().mean()), 4),
+                "share_above_0.9": round(float((best > 0.9).float().mean()), 4),
+                "dominant_head_counts": {f"{self.layer}.{k}": int((head == k).sum()) for k in range(h.shape[1])},
+                "max_share_histogram": {"edges": edges.round(2).tolist(), "counts": counts.tolist()}}
 
     def summary(self) -> dict:
-        out = {"layer": self.layer, "n_latents": int(self.attribution.shape[0]), "n_live_latents": self.n_live}
+        out = {"layer": self.layer, "n_latents": int(self.attribution.shape[0]), "n_live_latents": self.n_live,
+               "head_concentration": self.concentration()}
         if self.families is not None:
             judged = [h for h in self.heads if h["n_families"] is not None and h["n_classified"] > 0]
             poly = [h["head"] for h in judged if h["n_families"] >= 2]
@@ -139,4 +158,4 @@ def build_census(asae: AttentionSAE, windows: Windows, acts: Tensor, config: Cen
                       "families": covered if families is not None else None,
                       "n_families": len(covered) if families is not None else None,
                       "n_classified": sum(1 for e in latents if e.get("family") in FAMILY_VARIABLES)})
-    return CensusResult(asae.layer, h, heads, families, int(live.sum()))
+    return CensusResult(asae.layer, h, heads, families, int(live.sum()), live)

@@ -29,7 +29,6 @@ from tqdm.auto import tqdm
 from saelab.errors import SaelabError, check_range
 from saelab.models import LoadedModel
 
-
 CONTROL_TOKEN = re.compile(r"^<[^<>\s]+>$")
 
 

@@ -40,14 +40,22 @@ def write_census(report: dict, out_dir: str | Path) -> list[Path]:
     heads = report["heads"]
     families = sorted({e.get("family", "n/a") for h in heads for e in h["latents"]})
     counts = np.array([[sum(1 for e in h["latents"] if e.get("family", "n/a") == f) for f in families] for h in heads])
-    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(families), 0.5 + 0.45 * len(heads)))
+    fig, (ax, hist_ax) = plt.subplots(1, 2, figsize=(4.5 + 0.9 * len(families), 1.5 + 0.45 * len(heads)),
+                                      gridspec_kw={"width_ratios": [1.2 + 0.9 * len(families), 3.5]})
     ax.imshow(counts, cmap="Blues", aspect="auto")
     ax.set_xticks(range(len(families)), families, rotation=30, ha="right")
     ax.set_yticks(range(len(heads)), [h["head"] for h in heads])
     for i in range(len(heads)):
         for j in range(len(families)):
             ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=8)
-    ax.set_title("head census: top latents per head by family")
+    ax.set_title("top latents per head by family")
+    hist = report["summary"].get("head_concentration", {}).get("max_share_histogram")
+    if hist:
+        edges = hist["edges"]
+        hist_ax.bar(edges[:-1], hist["counts"], width=np.diff(edges), align="edge", color="#4a78b5")
+        hist_ax.set_xlabel("largest head attribution of a live latent")
+        hist_ax.set_ylabel("latents")
+    hist_ax.set_title("head concentration")
     paths = [save_png(fig, out / "census.png", dpi=110)]
     rows = []
     for h in heads:
