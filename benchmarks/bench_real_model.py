@@ -8,8 +8,8 @@ Speed (same windows, interleaved rounds, median): tokens/s of
 2. the transformer body without the unembedding (``run_to_unembed``),
 3. the full forward with ``[batch, pos, 262144]`` logits.
 
-Memory (each variant in a fresh subprocess; peak RSS above the loaded model's): one evaluation
-batch scored (a) the chunked way saelab uses (``score_runs``: logits formed a chunk of predictions
+Memory (each variant in a fresh subprocess; peak RSS above the loaded model's): one batch of
+activations for ``blocks.6.hook_resid_post``, and one evaluation batch scored (a) the chunked way saelab uses (``score_runs``: logits formed a chunk of predictions
 at a time, clean run + zero/mean ablations + spliced + error-term runs) and (b) the naive way
 (full float32 logits and log-probs of each run held as ``[batch, pos, d_vocab]``).
 
@@ -90,7 +90,9 @@ def memory_child(args) -> None:
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     start = time.perf_counter()
     with torch.no_grad():
-        if args.mode == "chunked":
+        if args.mode == "activations":
+            lm.run_with_cache(ids, [HOOK], stop_at_layer="auto")
+        elif args.mode == "chunked":
             clean_resid, _ = lm.run_to_unembed(ids)
             runs = [ScoredRun(lm.run_to_unembed(ids, {HOOK: splice_edit(r, ordinary)})[0], LossSums())
                     for r in replacements]
@@ -108,7 +110,7 @@ def memory_child(args) -> None:
 
 def memory(args) -> dict:
     out = {}
-    for mode in ("chunked", "naive"):
+    for mode in ("activations", "chunked", "naive"):
         cmd = [sys.executable, __file__, "--child", mode, "--model", args.model, "--corpus", args.corpus,
                "--batch", str(args.batch), "--context", str(args.context)]
         if args.threads:
@@ -145,6 +147,8 @@ def main() -> None:
     print(f"Gemma 3 270M, batch {args.batch} x {args.context} tokens, {result['threads']} threads")
     for name, r in result["speed"].items():
         print(f"  {name:<36} {r['tokens_per_s']:8.0f} tokens/s  {r['speedup_vs_full']:.2f}x the full forward")
+    r = result["memory"]["activations"]
+    print(f"  activations (block 6)   extra peak {r['extra_peak_mb']:7.0f} MB  {r['tokens_per_s']:6.0f} tokens/s")
     for mode in ("chunked", "naive"):
         r = result["memory"][mode]
         print(f"  eval batch, {mode:<8} extra peak {r['extra_peak_mb']:7.0f} MB  {r['tokens_per_s']:6.0f} tokens/s "

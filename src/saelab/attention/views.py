@@ -56,6 +56,7 @@ def write_census(report: dict, out_dir: str | Path) -> list[Path]:
         hist_ax.set_xlabel("largest head attribution of a live latent")
         hist_ax.set_ylabel("latents")
     hist_ax.set_title("head concentration")
+    fig.tight_layout()
     paths = [save_png(fig, out / "census.png", dpi=110)]
     rows = []
     for h in heads:
