@@ -6,6 +6,8 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -28,23 +30,31 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@contextmanager
+def serve(service: ExplorerService, wait_s: float = 20.0) -> Iterator[str]:
+    """Run the explorer app for ``service`` on a free 127.0.0.1 port; yields its URL."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(service), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + wait_s
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.started, "the explorer server did not start"
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
 @pytest.fixture(scope="module")
 def server_url(tmp_path_factory, one_torch_thread):
     l3, l2 = train_toy_explorer_saes(tmp_path_factory.getbasetemp() / "explorer_saes", small=True)
     service = ExplorerService.open("toy", [f"L3={l3}", f"L2={l2}"],
                                    limits=ExplorerLimits(dashboard_tokens=1024, dashboard_context=32))
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(service), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    for _ in range(200):
-        if server.started:
-            break
-        time.sleep(0.05)
-    assert server.started, "the explorer server did not start"
-    yield f"http://127.0.0.1:{port}/"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serve(service) as url:
+        yield url
 
 
 @pytest.fixture

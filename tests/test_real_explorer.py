@@ -6,15 +6,12 @@ as test-artifacts/explorer_gemma3.png."""
 from __future__ import annotations
 
 import os
-import threading
-import time
 
 import pytest
-import uvicorn
 
 from saelab.cli import main
-from saelab.explorer import ExplorerLimits, ExplorerService, create_app
-from test_explorer_browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, free_port
+from saelab.explorer import ExplorerLimits, ExplorerService
+from test_explorer_browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, serve
 from test_real_gemma3 import CORPUS, FOLDER, PROMPT, need
 
 pytestmark = [pytest.mark.real, pytest.mark.slow]
@@ -34,18 +31,8 @@ def server_url(tmp_path_factory):
                                                  f"R6={saes / 'blocks.6.hook_resid_pre.topk.512'}"],
                                    limits=ExplorerLimits(dashboard_tokens=2048, dashboard_context=32),
                                    source=str(CORPUS / "heldout.txt"))
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(service), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    for _ in range(400):
-        if server.started:
-            break
-        time.sleep(0.05)
-    assert server.started, "the explorer server did not start"
-    yield f"http://127.0.0.1:{port}/"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serve(service) as url:
+        yield url
 
 
 def test_the_explorer_walks_a_real_prompt_through_gemma3(server_url):
