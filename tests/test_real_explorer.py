@@ -5,13 +5,11 @@ as test-artifacts/explorer_gemma3.png."""
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
 from saelab.cli import main
 from saelab.explorer import ExplorerLimits, ExplorerService
-from test_explorer_browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, serve
+from test_explorer_browser import ARTIFACTS, page, serve  # noqa: F401 - page is a fixture
 from test_real_gemma3 import CORPUS, FOLDER, PROMPT, need
 
 pytestmark = [pytest.mark.real, pytest.mark.slow]
@@ -35,43 +33,27 @@ def server_url(tmp_path_factory):
         yield url
 
 
-def test_the_explorer_walks_a_real_prompt_through_gemma3(server_url):
-    if not os.path.exists(CHROMIUM):
-        pytest.fail(f"{CHROMIUM} is missing; apt-get install chromium")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 900})
-            errors, urls = [], []
-            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.on("request", lambda r: urls.append(r.url))
-            page.set_default_timeout(120_000)
-            page.goto(server_url)
-            page.wait_for_selector("#sae-select option", state="attached")
-            page.fill("#prompt", PROMPT)
-            page.click("#run")
-            page.wait_for_selector("#tokens .tok")
-            tokens = page.locator("#tokens .tok")
-            assert tokens.count() == 15  # <bos> When Mary and John went to the store , John gave a drink to
-            assert tokens.nth(10).text_content().replace("▁", " ").strip() == "John"
-            page.locator('#tokens .tok[data-pos="14"]').click()
-            page.wait_for_selector("#token-latents .latent-row")
-            first = page.locator("#token-latents .latent-row").first
-            latent = first.get_attribute("data-latent")
-            first.locator(".latent-link").click()
-            page.wait_for_selector("#latent-body .stat")
-            assert page.text_content("#latent-title") == f"Latent {latent} · Z6"
-            page.wait_for_selector("#dfa-body .source-row")
-            assert page.locator("#dfa-body table.heat tr").count() == 5  # header + 4 heads
-            page.wait_for_selector("#compare-body .variant.steered")
-            page.locator("#dfa-body .source-row button.recurse").first.click()
-            page.wait_for_selector("#recurse-body .upstream-row")
-            ARTIFACTS.mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=str(ARTIFACTS / "explorer_gemma3.png"), full_page=True)
-            assert errors == []
-            assert all(u.startswith(server_url) for u in urls), urls
-        finally:
-            browser.close()
+def test_the_explorer_walks_a_real_prompt_through_gemma3(page, server_url):  # noqa: F811 - the page fixture
+    page.set_default_timeout(120_000)
+    page.fill("#prompt", PROMPT)
+    page.click("#run")
+    page.wait_for_selector("#tokens .tok")
+    tokens = page.locator("#tokens .tok")
+    assert tokens.count() == 15  # <bos> When Mary and John went to the store , John gave a drink to
+    assert tokens.nth(10).text_content().replace("▁", " ").strip() == "John"
+    page.locator('#tokens .tok[data-pos="14"]').click()
+    page.wait_for_selector("#token-latents .latent-row")
+    first = page.locator("#token-latents .latent-row").first
+    latent = first.get_attribute("data-latent")
+    first.locator(".latent-link").click()
+    page.wait_for_selector("#latent-body .stat")
+    assert page.text_content("#latent-title") == f"Latent {latent} · Z6"
+    page.wait_for_selector("#dfa-body .source-row")
+    assert page.locator("#dfa-body table.heat tr").count() == 5  # header + 4 heads
+    page.wait_for_selector("#compare-body .variant.steered")
+    page.locator("#dfa-body .source-row button.recurse").first.click()
+    page.wait_for_selector("#recurse-body .upstream-row")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "explorer_gemma3.png"), full_page=True)
+    assert page.errors == []
+    assert all(u.startswith(server_url) for u in page.urls), page.urls

@@ -83,10 +83,10 @@ def rst_paragraphs(source: str) -> list[str]:
     def flush() -> None:
         nonlocal literal_next
         if block:
-            text = " ".join(block)
-            literal_next = text.rstrip().endswith("::")
-            text = text.rstrip()
-            text = text[:-2].rstrip() + ("" if text.endswith(" ::") else ":") if text.endswith("::") else text
+            text = " ".join(block).rstrip()
+            literal_next = text.endswith("::")  # "For example::" -> "For example:"; "Text ::" -> "Text"
+            if literal_next:
+                text = text[:-2].rstrip() if text.endswith(" ::") else text[:-1]
             paragraphs.append(rst_inline(_BULLET.sub("", text)))
             block.clear()
 
@@ -112,13 +112,9 @@ def rst_paragraphs(source: str) -> list[str]:
             continue
         if _HEADING_RULE.match(stripped) or _HEADING_RULE.match(nxt.strip()) and len(nxt.strip()) >= len(stripped) - 2:
             flush()
-            block.clear()
             continue
         if stripped.startswith((">>>", "...", "+--", "|", "$ ", "% ")) or re.match(r"^=+(\s+=+)+$", stripped):
             flush()
-            block.clear()
-            continue
-        if block and indent > 0 and _BULLET.match(line) is None and not block[-1]:
             continue
         if _BULLET.match(line) and block:
             flush()

@@ -41,7 +41,7 @@ class GGUFError(SaelabError):
 @dataclass(frozen=True)
 class GGUFInfo:
     """What the header of a GGUF file says: ``architecture`` (GGUF name), ``model_type`` (HF),
-    ``name``, tensor count, file size and the bytes its tensors need."""
+    ``name``, tensor count and file size."""
 
     path: Path
     architecture: str
@@ -49,7 +49,6 @@ class GGUFInfo:
     name: str
     n_tensors: int
     file_bytes: int
-    needed_bytes: int
 
 
 def is_gguf(path: str | Path) -> bool:
@@ -97,10 +96,6 @@ def inspect_gguf(path: str | Path) -> GGUFInfo:
                                    "download or assemble it again") from exc
         raise CorruptFileError(f"{str(path)!r} is truncated or damaged: its GGUF header cannot be read "
                                f"({type(exc).__name__}: {exc}); download or assemble it again") from exc
-    needed = max((int(t.data_offset) + int(t.n_bytes) for t in reader.tensors), default=0)
-    if needed > size:
-        raise CorruptFileError(f"{str(path)!r} is truncated: its tensors need {needed} bytes, the file has {size}; "
-                               "download or assemble it again")
     arch = _field(reader, "general.architecture")
     if not isinstance(arch, str):
         raise CorruptFileError(f"{str(path)!r} has no general.architecture field; it is not a model GGUF file")
@@ -108,7 +103,7 @@ def inspect_gguf(path: str | Path) -> GGUFInfo:
         raise GGUFError(f"{str(path)!r} holds a model of architecture {arch!r}, which saelab cannot load from GGUF; "
                         f"supported GGUF architectures: {', '.join(ARCHITECTURES)}")
     name = _field(reader, "general.name")
-    return GGUFInfo(path, arch, ARCHITECTURES[arch], str(name or path.stem), len(reader.tensors), size, needed)
+    return GGUFInfo(path, arch, ARCHITECTURES[arch], str(name or path.stem), len(reader.tensors), size)
 
 
 def load_gguf(path: str | Path, dtype: torch.dtype = torch.float32, **from_pretrained_kwargs):

@@ -222,10 +222,7 @@ class LoadedModel:
         the final-normed residual stream the unembedding reads (``unembed`` turns it into logits) and the
         ``capture``d hooks. The ``[batch, pos, d_vocab]`` logits are never formed, which matters for
         large vocabularies (Gemma 3: 262k tokens)."""
-        captured = list(capture)
-        points = self.parse_hooks(captured) if captured else []
-        session = HookSession(self.adapter, edits=edits, capture=[p.name for p in points], detach=not grad,
-                              model_name=self.name)
+        session = HookSession(self.adapter, edits=edits, capture=capture, detach=not grad, model_name=self.name)
         stash: dict[str, torch.Tensor] = {}
 
         def grab(module, args, kwargs):

@@ -41,10 +41,7 @@ def resolve_model_path(spec: str) -> str:
 
         return str(bundled_model_path())
     path = Path(spec).expanduser()
-    if path.is_file():
-        from saelab.models.gguf import inspect_gguf
-
-        inspect_gguf(path)  # a clear error for a file that is not a usable GGUF model
+    if path.is_file():  # a GGUF model file: load_gguf checks it before reading any weights
         return str(path)
     if path.exists():
         if not (path / "config.json").is_file():
@@ -71,7 +68,8 @@ def load_model(spec: str | nn.Module, device: str | torch.device = "cpu", dtype:
     if Path(path).is_file():
         from saelab.models.gguf import load_gguf
 
-        model, gguf_tokenizer = load_gguf(path, resolve_dtype(dtype) if dtype != "auto" else torch.float32,
+        gguf_dtype = kwargs.get("dtype", kwargs.get("torch_dtype"))
+        model, gguf_tokenizer = load_gguf(path, torch.float32 if gguf_dtype == "auto" else gguf_dtype,
                                           **from_pretrained_kwargs)
         if "device_map" not in kwargs:
             model = model.to(device)

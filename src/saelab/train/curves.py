@@ -12,7 +12,7 @@ from saelab.plotting import pyplot, save_png
 from saelab.train.metrics import METRICS_FILE
 
 CURVES_FILE = "training_curves.png"
-PANELS = (("l0", "L0 (active latents per token)", True), ("fvu", "FVU", True), ("loss", "training loss", True))
+PANELS = (("l0", "L0 (active latents per token)"), ("fvu", "FVU"), ("loss", "training loss"))  # log scale
 
 
 def read_curves(run_dir: str | Path) -> dict[str, list[dict]]:
@@ -25,7 +25,7 @@ def read_curves(run_dir: str | Path) -> dict[str, list[dict]]:
         try:
             row = json.loads(line)
         except json.JSONDecodeError:
-            continue  # a line cut by a kill; the next checkpointed run rewrites from there
+            continue  # a line cut short by a crash (a resumed run truncates the log to its checkpoint)
         if "sae" in row and "tokens" in row:
             curves.setdefault(row["sae"], []).append(row)
     return {name: sorted(rows, key=lambda r: r["step"]) for name, rows in curves.items()}
@@ -38,15 +38,14 @@ def plot_training_curves(run_dir: str | Path, out: str | Path | None = None) -> 
         raise SaelabError(f"{Path(run_dir) / METRICS_FILE} holds no metrics lines")
     plt = pyplot()
     fig, axes = plt.subplots(1, len(PANELS), figsize=(5 * len(PANELS), 3.8))
-    for ax, (key, title, log) in zip(axes, PANELS, strict=True):
+    for ax, (key, title) in zip(axes, PANELS, strict=True):
         for name, rows in curves.items():
             points = [(r["tokens"], r[key]) for r in rows if isinstance(r.get(key), (int, float)) and r[key] > 0]
             if points:
                 ax.plot(*zip(*points, strict=True), marker=".", label=name)
         ax.set_xlabel("training tokens")
         ax.set_title(title)
-        if log:
-            ax.set_yscale("log")
+        ax.set_yscale("log")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
     return save_png(fig, out or Path(run_dir) / CURVES_FILE)
