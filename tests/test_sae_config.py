@@ -29,10 +29,10 @@ def test_k_larger_than_d_sae_is_refused_with_the_range():
     assert "k=17" in str(info.value) and "16" in str(info.value)
 
 
-def test_k_is_required_for_topk_and_batchtopk():
-    for arch in ("topk", "batchtopk"):
-        with pytest.raises(ConfigError, match="k is required"):
-            SAEConfig(arch, d_in=8, d_sae=16)
+def test_k_defaults_to_32_capped_at_d_sae():
+    for arch in ("topk", "batchtopk", "matryoshka_batchtopk"):
+        assert SAEConfig(arch, d_in=8, d_sae=1024).k == 32
+        assert SAEConfig(arch, d_in=8, d_sae=16).k == 16
 
 
 def test_settings_of_other_architectures_are_refused():

@@ -104,7 +104,7 @@ def test_saelab_folders_read_back_with_saelens_formulas(tmp_path, arch):
     cfg = json.loads((tmp_path / "sae" / "cfg.json").read_text())
     weights = load_file(tmp_path / "sae" / "sae_weights.safetensors")
     expected_arch = {"relu": "standard", "tied": "standard", "gated": "gated", "topk": "topk",
-                     "batchtopk": "jumprelu", "jumprelu": "jumprelu"}[arch]
+                     "batchtopk": "jumprelu", "jumprelu": "jumprelu", "matryoshka_batchtopk": "jumprelu"}[arch]
     assert cfg["architecture"] == expected_arch
     assert cfg["metadata"]["hook_name"] == "blocks.2.hook_resid_post"
     assert cfg["metadata"]["sae_lens_version"] >= "6"
@@ -176,8 +176,8 @@ def test_unsupported_saelens_settings_are_refused(tmp_path):
     write_saelens_folder(tmp_path / "ln", {**base, "normalize_activations": "layer_norm"}, w)
     with pytest.raises(CorruptFileError, match="normalize_activations='layer_norm'.*accepted: none"):
         load_sae(tmp_path / "ln")
-    write_saelens_folder(tmp_path / "arch", {**base, "architecture": "matryoshka_batchtopk"}, w)
-    with pytest.raises(CorruptFileError, match="matryoshka_batchtopk.*accepted: standard, gated, topk, jumprelu"):
+    write_saelens_folder(tmp_path / "arch", {**base, "architecture": "temporal"}, w)
+    with pytest.raises(CorruptFileError, match="temporal.*accepted: standard, transcoder, skip_transcoder, gated"):
         load_sae(tmp_path / "arch")
 
 

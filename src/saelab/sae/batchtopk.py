@@ -9,13 +9,17 @@ moving average (factor ``batchtopk_threshold_beta``) of the smallest positive ke
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor
 
+from saelab.errors import ConfigError, CorruptFileError, check_range
 from saelab.sae.base import SAEOutput
+from saelab.sae.config import SAEConfig
 from saelab.sae.sparse import SparsePattern
-from saelab.sae.topk import TopKSAE
+from saelab.sae.topk import TopKOptions, TopKSAE
 
 
 def largest_indices(values: Tensor, keep: int) -> Tensor:
@@ -38,8 +42,27 @@ def largest_indices(values: Tensor, keep: int) -> Tensor:
     return candidates[values[candidates].topk(keep, sorted=False).indices]
 
 
+@dataclass
+class BatchTopKOptions(TopKOptions):
+    """TopK's options plus batchtopk_threshold_beta: EMA factor of the inference threshold."""
+
+    batchtopk_threshold_beta: float = 0.999
+
+    def resolve(self, cfg: SAEConfig) -> None:
+        super().resolve(cfg)
+        check_range("batchtopk_threshold_beta", self.batchtopk_threshold_beta, 0, 1)
+        if self.batchtopk_threshold_beta >= 1:
+            raise ConfigError(f"batchtopk_threshold_beta={self.batchtopk_threshold_beta!r} is out of range; "
+                              "accepted: [0, 1)")
+
+
 class BatchTopKSAE(TopKSAE):
+    """Saved for SAELens as a JumpReLU with θ repeated d_sae times (its inference rule)."""
+
     architecture = "batchtopk"
+    Options = BatchTopKOptions
+    saelens_names: ClassVar[dict[str, str]] = {"sae": "jumprelu", "transcoder": "jumprelu_transcoder"}
+    saelens_native = False
 
     def __init__(self, cfg, generator=None):
         super().__init__(cfg, generator)
@@ -66,3 +89,29 @@ class BatchTopKSAE(TopKSAE):
         self.threshold_updates += 1
         self.threshold_ema.mul_(beta).add_((1 - beta) * out.extras["min_active"].double())
         self.threshold.copy_(self.threshold_ema / (1 - beta ** self.threshold_updates.double()))  # no host sync
+
+    def logged_values(self) -> dict[str, float]:
+        return {"threshold": float(self.threshold)}
+
+    def saelens_tensors(self) -> dict[str, Tensor]:
+        return {"b_enc": self.b_enc,
+                "threshold": torch.full((self.cfg.d_sae,), float(self.threshold), dtype=self.cfg.torch_dtype)}
+
+    @classmethod
+    def saelens_shapes(cls, cfg: SAEConfig) -> dict[str, tuple[int, ...]]:
+        return {"b_enc": (cfg.d_sae,), "threshold": (cfg.d_sae,)}
+
+    @classmethod
+    def saelens_cfg_fields(cls, cfg: SAEConfig) -> dict[str, object]:
+        return {}
+
+    @classmethod
+    def state_from_saelens(cls, cfg: SAEConfig, tensors: dict[str, Tensor], where: str) -> dict[str, Tensor]:
+        tensors = dict(tensors)
+        threshold = tensors.pop("threshold")
+        if not torch.all(threshold == threshold[0]):
+            raise CorruptFileError(f"{where}: a {cfg.architecture} SAE needs one threshold repeated d_sae times, "
+                                   "but the values differ")
+        tensors.update(threshold=threshold[0].double(), threshold_ema=torch.zeros((), dtype=torch.float64),
+                       threshold_updates=torch.zeros((), dtype=torch.int64))
+        return tensors

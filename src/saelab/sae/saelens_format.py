@@ -7,21 +7,18 @@ metadata: {model_name, hook_name, sae_lens_version, ...}}``; older versions wrot
 ``activation_fn_kwargs``, ``normalize_activations`` as a bool, ...). Both are read; the newer one is
 written, plus a ``saelab`` section (ignored by SAELens) with our full config and metadata.
 
-Weights (SAELens names, ``W_enc [d_in, d_sae]``, ``W_dec [d_sae, d_in]``):
+Weights use SAELens names (``W_enc [d_in, d_sae]``, ``W_dec [d_sae, d_out]``, ``b_dec [d_out]``,
+``W_skip [d_out, d_in]`` for skip transcoders, as SAELens stores it); each architecture class says
+which SAELens architecture it is written as (``saelens_names``: for an SAE, a transcoder, a skip
+transcoder) and which tensors and cfg fields it adds (``saelens_tensors``, ``saelens_cfg_fields``).
+Today: relu -> standard / transcoder / skip_transcoder; tied -> standard (W_enc = W_decᵀ, b_dec = 0);
+gated -> gated; topk -> topk; jumprelu -> jumprelu / jumprelu_transcoder; batchtopk and
+matryoshka_batchtopk -> jumprelu with θ repeated d_sae times (BatchTopK's inference rule). A coder
+SAELens has no class for (e.g. a TopK transcoder) is written with our own name (``topk_transcoder``): saelab
+reads it back through the ``saelab`` section, SAELens does not. Transcoders carry SAELens' top-level
+``d_out``, ``hook_name_out``, ``hook_layer_out``, ``hook_head_index_out``.
 
-===========  ===============  ===================================================================
-saelab       SAELens arch     tensors
-===========  ===============  ===================================================================
-relu         standard         W_enc, b_enc, W_dec, b_dec
-tied         standard         W_enc = W_decᵀ, b_enc, W_dec, b_dec = 0, apply_b_dec_to_input false
-gated        gated            W_enc (= W_gate), b_gate, r_mag, b_mag, W_dec, b_dec
-topk         topk             W_enc, b_enc, W_dec, b_dec; k; rescale_acts_by_decoder_norm false
-batchtopk    jumprelu         W_enc, b_enc, W_dec, b_dec, threshold = θ repeated d_sae times
-jumprelu     jumprelu         W_enc, b_enc, W_dec, b_dec, threshold
-===========  ===============  ===================================================================
-
-SAELens inference equals ours for each row (a JumpReLU with one shared θ is BatchTopK's inference
-rule). Read-side extras folded exactly into plain weights: ``scaling_factor`` (pre-6 fine-tuning
+SAELens inference equals ours for each row. Read-side extras folded exactly into plain weights: ``scaling_factor`` (pre-6 fine-tuning
 scale, multiplies the decoder rows), ``rescale_acts_by_decoder_norm`` (decoder norms moved into the
 encoder), ``log_threshold`` (older JumpReLU). SAELens' ``normalize_activations`` values
 ``layer_norm`` and ``constant_norm_rescale`` (per-token rescaling at run time) are refused.
@@ -39,6 +36,7 @@ from saelab import __version__
 from saelab.errors import CorruptFileError
 from saelab.sae.base import SAE
 from saelab.sae.config import DTYPES, SAEConfig
+from saelab.sae.registry import SAE_CLASSES, sae_class
 
 FORMAT_VERSION = 1
 # SAELens reads cfg.json files whose metadata.sae_lens_version is >= 6 with its current layout;
@@ -48,9 +46,6 @@ SAELENS_METADATA_KEYS = ("model_name", "hook_name", "hook_head_index", "model_cl
                          "model_from_pretrained_kwargs", "prepend_bos", "exclude_special_tokens",
                          "neuronpedia_id", "context_size", "seqpos_slice", "dataset_path",
                          "sae_lens_version", "sae_lens_training_version")
-TO_SAELENS_ARCH = {"relu": "standard", "tied": "standard", "gated": "gated", "topk": "topk",
-                   "batchtopk": "jumprelu", "jumprelu": "jumprelu"}
-FROM_SAELENS_ARCH = {"standard": "relu", "gated": "gated", "topk": "topk", "jumprelu": "jumprelu"}
 _RUNTIME_NORMALISATIONS = ("layer_norm", "constant_norm_rescale")
 
 
@@ -66,12 +61,36 @@ class FolderConfig:
     notes: list[str] = field(default_factory=list)
 
 
+def coder_kind(cfg: SAEConfig) -> str:
+    """"sae", "transcoder" or "skip_transcoder" (the keys of ``SAE.saelens_names``)."""
+    if not cfg.is_transcoder:
+        return "sae"
+    return "skip_transcoder" if cfg.skip_connection else "transcoder"
+
+
+def saelens_architecture(cfg: SAEConfig) -> str:
+    """The architecture name cfg.json gives: SAELens' where it has the kind, else ours (``topk_transcoder``,
+    so that SAELens refuses the folder instead of reading a transcoder as an SAE)."""
+    kind = coder_kind(cfg)
+    fallback = cfg.architecture if kind == "sae" else f"{cfg.architecture}_{kind}"
+    return sae_class(cfg.architecture).saelens_names.get(kind, fallback)
+
+
+def from_saelens_architecture() -> dict[str, tuple[str, str]]:
+    """SAELens architecture name -> (our architecture, kind), for the classes SAELens' names mean."""
+    found: dict[str, tuple[str, str]] = {}
+    for name, cls in SAE_CLASSES.items():
+        if cls.saelens_native:
+            for kind, saelens_name in cls.saelens_names.items():
+                found.setdefault(saelens_name, (name, kind))
+    return found
+
+
 # ----------------------------------------------------------------------------- writing
 def to_saelens(sae: SAE, extra_meta: dict[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, Tensor]]:
     """(cfg.json dict, tensors) for ``sae`` in SAELens' current layout plus a ``saelab`` section."""
     cfg = sae.cfg
     extra_meta = dict(extra_meta or {})
-    arch = TO_SAELENS_ARCH[cfg.architecture]
     hook = cfg.hook_name
     metadata: dict[str, Any] = {"sae_lens_version": SAELENS_LAYOUT_VERSION,
                                 "sae_lens_training_version": SAELENS_LAYOUT_VERSION,
@@ -82,7 +101,7 @@ def to_saelens(sae: SAE, extra_meta: dict[str, Any] | None = None) -> tuple[dict
     metadata.setdefault("model_name", extra_meta.get("model", {}).get("name") if isinstance(
         extra_meta.get("model"), dict) else None)
     out: dict[str, Any] = {
-        "architecture": arch,
+        "architecture": saelens_architecture(cfg),
         "d_in": cfg.d_in,
         "d_sae": cfg.d_sae,
         "dtype": cfg.dtype,
@@ -90,28 +109,27 @@ def to_saelens(sae: SAE, extra_meta: dict[str, Any] | None = None) -> tuple[dict
         "apply_b_dec_to_input": bool(cfg.apply_b_dec_to_input),
         "normalize_activations": "none",
         "reshape_activations": "hook_z" if hook.endswith("hook_z") else "none",
+        **type(sae).saelens_cfg_fields(cfg),
     }
-    if arch == "topk":
-        out["k"] = cfg.k
-        out["rescale_acts_by_decoder_norm"] = False
+    if cfg.is_transcoder:
+        out.update(d_out=cfg.d_out, hook_name_out=cfg.hook_name_out, hook_layer_out=_layer(cfg.hook_name_out),
+                   hook_head_index_out=None)
     out["metadata"] = metadata
     out["saelab"] = {"format_version": FORMAT_VERSION, "saelab_version": __version__,
                      "architecture": cfg.architecture, "hook_name": hook, "config": cfg.to_dict(),
                      **extra_meta}
 
     with torch.no_grad():
-        tensors = {"W_enc": sae.W_enc.detach().contiguous(), "W_dec": sae.W_dec.detach()}
-        if cfg.architecture == "gated":
-            tensors.update(b_gate=sae.b_gate, r_mag=sae.r_mag, b_mag=sae.b_mag)
-        else:
-            tensors["b_enc"] = sae.b_enc
-        tensors["b_dec"] = sae.b_dec
-        if cfg.architecture == "jumprelu":
-            tensors["threshold"] = sae.threshold
-        if cfg.architecture == "batchtopk":
-            tensors["threshold"] = torch.full((cfg.d_sae,), float(sae.threshold), dtype=cfg.torch_dtype)
+        tensors = {"W_enc": sae.W_enc, "W_dec": sae.W_dec, "b_dec": sae.b_dec, **sae.saelens_tensors()}
+        if cfg.skip_connection:
+            tensors["W_skip"] = sae.W_skip.t()
         tensors = {k: v.detach().clone().contiguous().cpu() for k, v in tensors.items()}
     return out, tensors
+
+
+def _layer(hook: str) -> int | None:
+    parts = hook.split(".")
+    return int(parts[1]) if len(parts) > 2 and parts[0] == "blocks" and parts[1].isdigit() else None
 
 
 # ----------------------------------------------------------------------------- reading
@@ -161,9 +179,11 @@ def _flat_to_v6(raw: dict[str, Any], where: str) -> tuple[dict[str, Any], dict[s
 
 def _read_saelens(core: dict[str, Any], metadata: dict[str, Any], layout: str, where: str) -> FolderConfig:
     arch = core.get("architecture", "standard")
-    if not isinstance(arch, str) or arch not in FROM_SAELENS_ARCH:
+    known = from_saelens_architecture()
+    if not isinstance(arch, str) or arch not in known:
         raise CorruptFileError(f"{where}: SAELens architecture {arch!r} is not supported; accepted: "
-                               f"{', '.join(FROM_SAELENS_ARCH)}")
+                               f"{', '.join(known)}")
+    ours, kind = known[arch]
     notes: list[str] = []
     norm = core.get("normalize_activations") or "none"
     if not isinstance(norm, str) or norm not in (*_RUNTIME_NORMALISATIONS, "none", "expected_average_only_in"):
@@ -186,14 +206,16 @@ def _read_saelens(core: dict[str, Any], metadata: dict[str, Any], layout: str, w
     if dtype not in DTYPES:
         raise CorruptFileError(f"{where}: dtype={core.get('dtype')!r} is not supported; accepted: {', '.join(DTYPES)}")
     fields: dict[str, Any] = {
-        "architecture": FROM_SAELENS_ARCH[arch],
+        "architecture": ours,
         "d_in": core.get("d_in"), "d_sae": core.get("d_sae"),
         "hook_name": metadata.get("hook_name") or "",
         "apply_b_dec_to_input": bool(core.get("apply_b_dec_to_input", True)),
         "dtype": dtype,
+        **sae_class(ours).options_from_saelens(core),
     }
-    if arch == "topk":
-        fields["k"] = core.get("k")
+    if kind != "sae":
+        fields.update(d_out=core.get("d_out"), apply_b_dec_to_input=False, skip_connection=kind == "skip_transcoder",
+                      hook_name_out=core.get("hook_name_out") or metadata.get("hook_name_out") or "")
     try:
         sae_cfg = SAEConfig(**fields)
     except Exception as exc:
@@ -204,14 +226,10 @@ def _read_saelens(core: dict[str, Any], metadata: dict[str, Any], layout: str, w
 
 def expected_shapes(cfg: SAEConfig) -> dict[str, tuple[int, ...]]:
     """Tensor name -> shape of a folder written for ``cfg`` (SAELens names)."""
-    d_in, d_sae = cfg.d_in, cfg.d_sae
-    shapes: dict[str, tuple[int, ...]] = {"W_enc": (d_in, d_sae), "W_dec": (d_sae, d_in), "b_dec": (d_in,)}
-    if cfg.architecture == "gated":
-        shapes.update(b_gate=(d_sae,), r_mag=(d_sae,), b_mag=(d_sae,))
-    else:
-        shapes["b_enc"] = (d_sae,)
-    if cfg.architecture in ("jumprelu", "batchtopk"):
-        shapes["threshold"] = (d_sae,)
+    shapes: dict[str, tuple[int, ...]] = {"W_enc": (cfg.d_in, cfg.d_sae), "W_dec": (cfg.d_sae, cfg.d_out),
+                                          "b_dec": (cfg.d_out,), **sae_class(cfg.architecture).saelens_shapes(cfg)}
+    if cfg.skip_connection:
+        shapes["W_skip"] = (cfg.d_out, cfg.d_in)
     return shapes
 
 
@@ -237,21 +255,9 @@ def from_saelens_tensors(folder_cfg: FolderConfig, tensors: dict[str, Tensor], w
         tensors["b_enc"] = tensors["b_enc"] * norms
         tensors["W_dec"] = tensors["W_dec"] / norms[:, None]
         notes.append("rescale_acts_by_decoder_norm: decoder norms were folded into the encoder")
-    arch = cfg.architecture
-    if arch == "tied":
-        if not torch.equal(tensors["W_enc"], tensors["W_dec"].t()):
-            raise CorruptFileError(f"{where}: a tied SAE needs W_enc = W_decᵀ, but they differ")
-        del tensors["W_enc"]
-        del tensors["b_dec"]
-    if arch == "batchtopk":
-        threshold = tensors.pop("threshold")
-        if not torch.all(threshold == threshold[0]):
-            raise CorruptFileError(f"{where}: a batchtopk SAE needs one threshold repeated d_sae times, "
-                                   "but the values differ")
-        value = threshold[0].double()
-        tensors.update(threshold=value, threshold_ema=torch.zeros((), dtype=torch.float64),
-                       threshold_updates=torch.zeros((), dtype=torch.int64))
-    return tensors
+    if "W_skip" in tensors:
+        tensors["W_skip"] = tensors["W_skip"].t().contiguous()
+    return sae_class(cfg.architecture).state_from_saelens(cfg, tensors, where)
 
 
 def _check_tensors(cfg: SAEConfig, tensors: dict[str, Tensor], where: str) -> None:

@@ -71,21 +71,26 @@ class LatentTracker:
 
 @torch.no_grad()
 def resample_dead_latents_(sae: SAE, optimizer: torch.optim.Optimizer, dead: Tensor, x: Tensor,
-                           x_hat: Tensor, generator: torch.Generator, encoder_scale: float) -> int:
-    """Re-initialise the ``dead`` latents ([d_sae] bool) of a ReLU SAE from inputs ``x [n, d_in]``.
+                           x_hat: Tensor, generator: torch.Generator, encoder_scale: float,
+                           y: Tensor | None = None) -> int:
+    """Re-initialise the ``dead`` latents ([d_sae] bool) of a ReLU coder from badly predicted tokens.
 
-    Returns the number of latents resampled.
+    x: [n, d_in] inputs; y: [n, d_out] targets (default x, an SAE); x_hat: [n, d_out] predictions.
+    Tokens are drawn with probability ∝ ‖y − ŷ‖⁴; a drawn token's target becomes the decoder row and
+    its input the encoder column. Returns the number of latents resampled.
     """
     dead_idx = dead.nonzero().squeeze(1)
     if dead_idx.numel() == 0:
         return 0
-    errors = (x - x_hat).pow(2).sum(1).double()
+    y = x if y is None else y
+    errors = (y - x_hat).pow(2).sum(1).double()
     if not torch.isfinite(errors).all() or errors.sum() <= 0:
         return 0
     chosen = torch.multinomial(errors.cpu() ** 2 / (errors.cpu() ** 2).sum(), dead_idx.numel(),
                                replacement=True, generator=generator).to(x.device)
-    directions = x[chosen] - (sae.b_dec if sae.cfg.apply_b_dec_to_input else 0)
-    directions = directions / directions.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    centre = sae.b_dec if sae.cfg.apply_b_dec_to_input else 0
+    directions = _unit(y[chosen] - centre)
+    in_directions = directions if y is x else _unit(x[chosen] - centre)
     alive = ~dead
     if alive.any():
         dec_norm = sae.W_dec[alive].norm(dim=1).mean()
@@ -93,7 +98,7 @@ def resample_dead_latents_(sae: SAE, optimizer: torch.optim.Optimizer, dead: Ten
     else:
         dec_norm = enc_norm = torch.ones((), dtype=sae.W_dec.dtype, device=sae.W_dec.device)
     sae.W_dec[dead_idx] = directions * (1.0 if sae.cfg.unit_norm_decoder else dec_norm)
-    sae.W_enc[:, dead_idx] = (directions * (encoder_scale * enc_norm)).t()
+    sae.W_enc[:, dead_idx] = (in_directions * (encoder_scale * enc_norm)).t()
     sae.b_enc[dead_idx] = 0
     for param, rows_dim in ((sae.W_dec, 0), (sae.W_enc, 1), (sae.b_enc, 0)):
         state = optimizer.state.get(param, {})
@@ -101,3 +106,7 @@ def resample_dead_latents_(sae: SAE, optimizer: torch.optim.Optimizer, dead: Ten
             if key in state:
                 state[key].index_fill_(rows_dim, dead_idx, 0)
     return int(dead_idx.numel())
+
+
+def _unit(rows: Tensor) -> Tensor:
+    return rows / rows.norm(dim=1, keepdim=True).clamp_min(1e-12)

@@ -23,8 +23,6 @@ from saelab.train.precision import training_module
 if TYPE_CHECKING:
     from saelab.train.distributed import DistributedRun
 
-AUXK_ARCHITECTURES = ("topk", "batchtopk")
-
 
 @dataclass
 class StepResult:
@@ -77,22 +75,24 @@ class SAEUpdater:
         sae.workspace = Workspace()  # outputs of a step are not kept past the next one
         self.optimizer = make_optimizer(sae, cfg)
         self.tracker = LatentTracker(sae.cfg.d_sae, device=sae.W_dec.device)
-        self.uses_dead_mask = sae.cfg.architecture in AUXK_ARCHITECTURES
+        self.uses_dead_mask = type(sae).uses_dead_mask
         self.params = [p for group in self.optimizer.param_groups for p in group["params"]]
         module, self.compute = training_module(sae, cfg.autocast)
         self.compute_dtype = self.compute.dtype if self.compute is not None else None
         self.forward = compile_training_pass(module, cfg.compile_backend) if cfg.compile else module
         self._scale = torch.zeros((), dtype=torch.float32, device=sae.W_dec.device) if cfg.compile else None
 
-    def step(self, x: Tensor, lr: float, sparsity_scale: float, count_density: bool = False) -> StepResult:
-        """One update on ``x [batch, d_in]`` at learning rate ``lr``."""
+    def step(self, x: Tensor, lr: float, sparsity_scale: float, count_density: bool = False,
+             y: Tensor | None = None) -> StepResult:
+        """One update on ``x [batch, d_in]`` predicting ``y [batch, d_out]`` (default x) at learning rate ``lr``."""
         dead = self.tracker.dead_mask(self.cfg.dead_window_tokens) if self.uses_dead_mask else None
         if self.compute is not None:
             self.compute.refresh()
             x = x.to(self.compute_dtype)
+            y = None if y is None else y.to(self.compute_dtype)
         if self._scale is not None:  # a tensor, so a compiled pass is not re-traced as the warm-up moves
             sparsity_scale = self._scale.fill_(sparsity_scale)
-        out = self.forward(x, sparsity_scale=sparsity_scale, dead_mask=dead)
+        out = self.forward(x, y, sparsity_scale=sparsity_scale, dead_mask=dead)
         loss = out.loss
         if self.dist is None and self.check_each_step and not _finite(loss):
             return StepResult(out, loss.detach(), None, loss.new_zeros((), dtype=torch.bool), ok=False,

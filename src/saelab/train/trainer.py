@@ -6,7 +6,8 @@
                       source, TrainConfig(tokens=2_000_000, batch_size=4096), "runs/demo")
 
 Each batch ``{hook: [batch, d_in]}`` from the source feeds every SAE that reads that hook (several
-SAEs may share a hook). Under ``out_dir``:
+SAEs may share a hook); a transcoder reads its input hook and is trained to predict the same tokens
+at its output hook (``hook_name_out``), so the source must give both. Under ``out_dir``:
 
     metrics.jsonl            one JSON line per SAE every log_every steps
     checkpoints/step_N/      state.json + one safetensors file per SAE (weights, Adam, counters) + rng
@@ -39,7 +40,7 @@ from saelab.fileio import check_output_folder
 from saelab.sae.base import SAE, InputShapeError
 from saelab.sae.config import SAEConfig
 from saelab.sae.folder import save_sae
-from saelab.sae.registry import make_sae
+from saelab.sae.registry import architectures, make_sae, sae_class
 from saelab.train.allocator import tune_cpu_allocator
 from saelab.train.checkpoint import (
     checkpoint_dirs,
@@ -88,13 +89,13 @@ class _Window:
         self.n = 0
 
     def add(self, x_stats: tuple[Tensor, Tensor], result: StepResult) -> None:
-        """x_stats: (Σ_batch x [d_in], Σ_batch ‖x‖² []) in float64 of the batch this update used."""
+        """x_stats: (Σ_batch y [d_out], Σ_batch ‖y‖² []) in float64 of the targets this update used."""
         out = result.out
         n = out.n_tokens
         self.steps += 1
         self.n += n
         self.x_sum += x_stats[0]
-        step_sums = torch.stack([x_stats[1], out.losses["mse"].detach().double() * n,
+        step_sums = torch.stack([x_stats[1], out.mse.detach().double() * n,
                                  out.fire_counts().sum().double() / n, self.sums[3].new_zeros(())])
         self.sums += step_sums
         if result.grad_norm is not None:
@@ -142,7 +143,7 @@ class _Member:
         self.sae = sae
         self.base_lr = sae.cfg.lr if sae.cfg.lr is not None else cfg.lr
         self.updater = SAEUpdater(sae, cfg, dist, check_each_step=cfg.skip_bad_batches)
-        self.window = _Window(sae.cfg.d_in, sae.W_dec.device)
+        self.window = _Window(sae.cfg.d_out, sae.W_dec.device)
         self.first_failure = FirstFailure(sae.W_dec.device)  # non-finite updates, when not checked each step
         self.loss_terms: list[str] = []  # names of the values first_failure keeps
         self.skipped_updates = 0
@@ -156,6 +157,14 @@ class _Member:
     @property
     def hook(self) -> str:
         return self.sae.cfg.hook_name
+
+    @property
+    def hook_out(self) -> str:
+        return self.sae.cfg.hook_name_out
+
+    def target(self, xs: dict[str, Tensor]) -> Tensor | None:
+        """The batch this member predicts: None for an SAE (its input), the output hook's for a transcoder."""
+        return xs[self.hook_out] if self.sae.cfg.is_transcoder else None
 
 
 class Trainer:
@@ -171,9 +180,11 @@ class Trainer:
         self.progress, self.extra_meta = progress, dict(extra_meta or {})
         self.device = torch.device(cfg.device)
         factors = getattr(source, "normalization_factors", None) or {}
-        self.factors = {c.hook_name: float(factors.get(c.hook_name, 1.0)) for c in sae_cfgs}
-        if cfg.resample_dead_every and not any(c.architecture == "relu" for c in sae_cfgs):
-            raise ConfigError("resample_dead_every applies to relu SAEs, and this run has none; set it to 0")
+        self.hooks = sorted({h for c in sae_cfgs for h in (c.hook_name, c.hook_name_out)})
+        self.factors = {hook: float(factors.get(hook, 1.0)) for hook in self.hooks}
+        if cfg.resample_dead_every and not any(sae_class(c.architecture).resamples_dead_latents for c in sae_cfgs):
+            able = ", ".join(a for a in architectures() if sae_class(a).resamples_dead_latents)
+            raise ConfigError(f"resample_dead_every applies to {able} SAEs, and this run has none; set it to 0")
         self.dist = DistributedRun.current(cfg.parallel)
         if self.dist is not None:
             self.dist.check_batch_size(cfg.batch_size)
@@ -181,7 +192,6 @@ class Trainer:
         owned = self.dist.owned(self.sae_cfgs) if self.dist is not None else self.sae_cfgs
         self.members = [_Member(make_sae(c, seed=sae_seed(cfg.seed, c.name)).to(self.device), cfg, self.dist)
                         for c in owned]
-        self.hooks = sorted({c.hook_name for c in self.sae_cfgs})
         self.bad_activations = {hook: FirstFailure(self.device) for hook in self.hooks}
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.step = self.tokens = self.batches_consumed = self.skipped_batches = 0
@@ -265,12 +275,14 @@ class Trainer:
         scale = sparsity_scale(self.step, cfg)
         n_tokens = next(iter(xs.values())).shape[0]
         if self.dist is not None:
-            xs = {hook: self.dist.local_rows(x) for hook, x in xs.items() if hook in {m.hook for m in self.members}}
+            used = {h for m in self.members for h in (m.hook, m.hook_out)}
+            xs = {hook: self.dist.local_rows(x) for hook, x in xs.items() if hook in used}
         with torch.no_grad():
-            stats = {hook: (x.double().sum(0), x.double().pow(2).sum()) for hook, x in xs.items()}
+            targets = {m.hook_out for m in self.members}
+            stats = {hook: (x.double().sum(0), x.double().pow(2).sum()) for hook, x in xs.items() if hook in targets}
         for m in self.members:
-            x = xs[m.hook]
-            result = m.updater.step(x, m.base_lr * factor, scale, count_density)
+            x, y = xs[m.hook], m.target(xs)
+            result = m.updater.step(x, m.base_lr * factor, scale, count_density, y=y)
             if not result.ok:
                 self._bad_update(m, result)
                 continue
@@ -279,12 +291,12 @@ class Trainer:
                 m.first_failure.record(result.finite, self.step,
                                        torch.where(torch.isfinite(result.loss), 2, 1),
                                        torch.stack([v.detach().double() for v in result.out.losses.values()]))
-            m.window.add(stats[m.hook], result)
-            if (cfg.resample_dead_every and m.sae.cfg.architecture == "relu"
+            m.window.add(stats[m.hook_out], result)
+            if (cfg.resample_dead_every and m.sae.resamples_dead_latents
                     and (self.step + 1) % cfg.resample_dead_every == 0):
                 dead = m.updater.tracker.dead_mask(cfg.dead_window_tokens)
                 count = resample_dead_latents_(m.sae, m.updater.optimizer, dead, x, result.out.x_hat.detach(),
-                                               self.generator, cfg.resample_encoder_scale)
+                                               self.generator, cfg.resample_encoder_scale, y=y)
                 m.updater.tracker.tokens_since_fired.masked_fill_(dead, 0)
                 m.resampled += count
                 if self.dist is not None and self.dist.data_parallel:
@@ -303,12 +315,12 @@ class Trainer:
             if hook not in batch:
                 raise SaelabError(f"the batch source gave no activations for hook {hook!r} (it gave: "
                                   f"{', '.join(map(repr, batch)) or 'nothing'}); the SAEs "
-                                  f"{', '.join(c.name for c in self.sae_cfgs if c.hook_name == hook)} read it")
+                                  f"{', '.join(_users(self.sae_cfgs, hook))} use it")
             x = batch[hook]
-            reader = next(c for c in self.sae_cfgs if c.hook_name == hook)
-            if x.ndim == 0 or x.shape[-1] != reader.d_in:
+            reader, label, width = _hook_width(self.sae_cfgs, hook)
+            if x.ndim == 0 or x.shape[-1] != width:
                 raise InputShapeError(f"activations from hook {hook!r} have shape {tuple(x.shape)} but SAE "
-                                      f"{reader.name!r} expects [..., d_in={reader.d_in}]; train or load an SAE "
+                                      f"{reader.name!r} expects [..., {label}={width}]; train or load an SAE "
                                       "for this hook's width, or pass the activations of the hook it was trained on")
             x = x.reshape(-1, x.shape[-1]).to(device=self.device, dtype=reader.torch_dtype)
             finite = torch.isfinite(x).all()
@@ -331,7 +343,7 @@ class Trainer:
         return xs
 
     def _bad_activations_error(self, hook: str, step: int, batch: int) -> NonFiniteError:
-        names = ", ".join(c.name for c in self.sae_cfgs if c.hook_name == hook)
+        names = ", ".join(_users(self.sae_cfgs, hook))
         return NonFiniteError(
             f"step {step}: activations of hook {hook!r} (batch {batch}, read by SAE {names}) contain NaN or inf; "
             "training stopped and the last checkpoint is intact. Fix the activation source, or set "
@@ -377,10 +389,12 @@ class Trainer:
     @torch.no_grad()
     def _init_b_dec(self, xs: dict[str, Tensor]) -> None:
         for hook, x in xs.items():
-            b_dec = b_dec_from_sample(x, self.cfg.b_dec_init)
-            for m in self.members:
-                if m.hook == hook and m.sae.has_b_dec:
-                    m.sae.b_dec.copy_(b_dec)
+            readers = [m for m in self.members if m.hook_out == hook and m.sae.has_b_dec]
+            if not readers:
+                continue
+            b_dec = b_dec_from_sample(x, self.cfg.b_dec_init)  # of the predicted site
+            for m in readers:
+                m.sae.b_dec.copy_(b_dec)
         self.b_dec_initialized = True
 
     # ------------------------------------------------------------------ metrics
@@ -390,16 +404,14 @@ class Trainer:
             tracker = m.updater.tracker
             summary = m.window.summary()
             record = {"step": self.step, "tokens": self.tokens, "sae": m.name, "hook": m.hook,
+                      **({"hook_out": m.hook_out} if m.sae.cfg.is_transcoder else {}),
                       "architecture": m.sae.cfg.architecture, "lr": m.base_lr * self.lr_factor,
                       "sparsity_scale": sparsity_scale(self.step - 1, self.cfg), **summary,
                       "dead_fraction": float(tracker.dead_mask(self.cfg.dead_window_tokens).double().mean()),
                       "dense_fraction": tracker.dense_fraction(self.cfg.dense_density),
                       "skipped_batches": self.skipped_batches, "skipped_updates": m.skipped_updates,
                       "resampled": m.resampled, "tokens_per_s": tokens_per_s}
-            if m.sae.cfg.architecture == "batchtopk":
-                record["threshold"] = float(m.sae.threshold)
-            if m.sae.cfg.architecture == "jumprelu":
-                record["threshold_mean"] = float(m.sae.threshold.detach().mean())
+            record.update(m.sae.logged_values())
             records.append(record)
             m.last_record = record
             m.window.reset()
@@ -516,7 +528,7 @@ class Trainer:
             sae = copy.deepcopy(m.sae)
         finally:
             m.sae.workspace = workspace
-        sae.fold_input_scale_(self.factors[m.hook])
+        sae.fold_scales_(self.factors[m.hook], self.factors[m.hook_out])
         return sae.eval()
 
     def _save_final(self) -> dict[str, SAE]:
@@ -530,6 +542,7 @@ class Trainer:
                 continue
             meta = {**source_meta, **self.extra_meta,
                     "normalization_factor": self.factors[m.hook], "normalization_folded": True,
+                    **({"normalization_factor_out": self.factors[m.hook_out]} if m.sae.cfg.is_transcoder else {}),
                     "training": {"steps": self.step, "tokens": self.tokens, "seed": self.cfg.seed,
                                  "train_config": self.cfg.to_dict(), "skipped_batches": self.skipped_batches,
                                  "skipped_updates": m.skipped_updates, "resampled": m.resampled,
@@ -557,9 +570,24 @@ def _check_sae_cfgs(sae_cfgs: list[SAEConfig]) -> None:
     hook_widths: dict[str, set[int]] = {}
     for c in sae_cfgs:
         hook_widths.setdefault(c.hook_name, set()).add(c.d_in)
+        hook_widths.setdefault(c.hook_name_out, set()).add(c.d_out)
     for hook, widths in hook_widths.items():
         if len(widths) > 1:
             raise ConfigError(f"SAEs on hook {hook!r} disagree on d_in ({sorted(widths)}); one hook has one width")
+
+
+def _users(sae_cfgs: list[SAEConfig], hook: str) -> list[str]:
+    """Names of the SAEs that read or predict ``hook``."""
+    return [c.name for c in sae_cfgs if hook in (c.hook_name, c.hook_name_out)]
+
+
+def _hook_width(sae_cfgs: list[SAEConfig], hook: str) -> tuple[SAEConfig, str, int]:
+    """(an SAE using ``hook``, "d_in" or "d_out", the width it expects there)."""
+    for c in sae_cfgs:
+        if c.hook_name == hook:
+            return c, "d_in", c.d_in
+    c = next(c for c in sae_cfgs if c.hook_name_out == hook)
+    return c, "d_out", c.d_out
 
 
 def train_saes(sae_cfgs: list[SAEConfig], source: Any, train_cfg: TrainConfig, out_dir: str | Path, *,
