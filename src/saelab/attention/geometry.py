@@ -54,16 +54,7 @@ class LinearEncoder:
 def linear_encoder(sae: SAE) -> LinearEncoder:
     """The linear part of ``sae``'s encoder (see the module docstring), in float64."""
     with torch.no_grad():
-        arch = sae.cfg.architecture
-        if arch == "tied":
-            W = sae.W_dec.detach().double().T  # noqa: N806
-            bias = sae.b_enc.detach().double()
-        elif arch == "gated":
-            W = sae.W_enc.detach().double() * sae.r_mag.detach().double().exp()[None, :]  # noqa: N806
-            bias = sae.b_mag.detach().double()
-        else:
-            W = sae.W_enc.detach().double()  # noqa: N806
-            bias = sae.b_enc.detach().double()
+        W, bias = (t.detach().double() for t in sae.linear_encoder())  # noqa: N806
         if sae.cfg.apply_b_dec_to_input:
             b_dec_term = -(sae.b_dec.detach().double() @ W)
         else:

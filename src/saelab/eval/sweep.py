@@ -10,9 +10,8 @@ activation stream, then evaluated side by side.
 
 Every (architecture, sparsity) point is an SAE of ``saelab.train``'s multi-SAE trainer, so one
 forward pass of the model feeds all of them (``ActivationStore``, or an ``ActivationCache`` folder).
-The sparsity knob is ``k`` (topk, batchtopk), ``l1_coefficient`` (relu, tied, gated) or
-``l0_coefficient`` (jumprelu), spaced geometrically over a range per architecture (``DEFAULT_RANGES``,
-for inputs normalised to E‖x‖² = 1 as the trainer does; override with ``ranges``). SAEs are then
+The sparsity knob is each architecture class's ``sparsity_option`` (``k``, ``l1_coefficient``,
+``l0_coefficient``), spaced geometrically over the class's ``sweep_range`` (for inputs normalised to E‖x‖² = 1 as the trainer does; override with ``ranges``). SAEs are then
 evaluated on held-out data (``saelab.eval.evaluate``).
 
 Matched L0: architectures rarely land on the same L0, so each one's metric is interpolated linearly
@@ -37,16 +36,9 @@ from saelab.eval.evaluate import DEFAULT_EVAL_SOURCE, EvalConfig, evaluate_saes
 from saelab.eval.plots import plot_frontier
 from saelab.fileio import atomic_write_bytes, atomic_write_json
 from saelab.models import LoadedModel
-from saelab.sae.config import ARCHITECTURES, SAEConfig
+from saelab.sae.config import SAEConfig
+from saelab.sae.registry import architectures, sae_class
 
-SPARSITY_FIELD = {"relu": "l1_coefficient", "tied": "l1_coefficient", "gated": "l1_coefficient",
-                  "topk": "k", "batchtopk": "k", "jumprelu": "l0_coefficient"}
-SHORT_FIELD = {"l1_coefficient": "l1", "l0_coefficient": "l0", "k": "k"}
-# (sparsest, densest) settings; measured on the toy model's residual stream to give overlapping L0 ranges
-DEFAULT_RANGES: dict[str, tuple[float, float]] = {
-    "relu": (1.0, 0.15), "tied": (1.0, 0.15), "gated": (0.6, 0.1),
-    "topk": (4, 64), "batchtopk": (4, 64), "jumprelu": (5e-2, 1e-3),
-}
 TABLE_COLUMNS = ("name", "architecture", "sparsity_field", "sparsity_value", "d_sae", "l0", "fvu", "mse", "cosine",
                  "delta_loss", "ce_loss_recovered", "kl", "kl_recovered", "dead_fraction", "dense_fraction",
                  "ce_clean", "ce_spliced", "path")
@@ -57,9 +49,10 @@ PLOTTED = ("delta_loss", "fvu")
 class SweepConfig:
     """One frontier sweep.
 
-    hook: the activation site. archs: architectures (``saelab.sae.ARCHITECTURES``). points: sparsity
-    settings per architecture. d_sae: latents per SAE (default ``expansion`` × the hook's width).
-    ranges: ``{arch: (sparsest, densest)}`` overriding ``DEFAULT_RANGES``. lrs: ``{arch: lr}``
+    hook: the activation site. archs: registered architectures (``saelab.sae.architectures()``). points:
+    sparsity settings per architecture (each class's ``sparsity_option``). d_sae: latents per SAE (default
+    ``expansion`` × the hook's width). ranges: ``{arch: (sparsest, densest)}`` overriding the class's
+    ``sweep_range``. lrs: ``{arch: lr}``
     overriding ``lr`` per architecture. train_tokens, batch_size, lr, seed: training (the warm-up of
     lr and sparsity, the lr decay and the dead-latent window scale with the run's length).
     train_source: data spec for training (default the toy documents of seed 0), unless a cache is
@@ -91,9 +84,9 @@ class SweepConfig:
             self.archs = tuple(a.strip() for a in self.archs.split(",") if a.strip())
         self.archs = tuple(self.archs)
         if not self.archs:
-            raise ConfigError(f"archs is empty; choose from: {', '.join(ARCHITECTURES)}")
+            raise ConfigError(f"archs is empty; choose from: {', '.join(architectures())}")
         for arch in self.archs:
-            check_choice("archs[]", arch, ARCHITECTURES)
+            check_choice("archs[]", arch, architectures())
         if len(set(self.archs)) != len(self.archs):
             raise ConfigError(f"archs={','.join(self.archs)} lists an architecture twice; give each once")
         check_range("points", self.points, 1, 50, integer=True)
@@ -106,11 +99,11 @@ class SweepConfig:
         check_range("seed", self.seed, 0, None, integer=True)
         check_range("context_size", self.context_size, 2, 1 << 20, integer=True)
         for arch, value in self.lrs.items():
-            check_choice("lrs key", arch, ARCHITECTURES)
+            check_choice("lrs key", arch, architectures())
             check_range(f"lrs[{arch!r}]", value, 0, lo_open=True)
         self.ranges = {arch: tuple(bounds) for arch, bounds in self.ranges.items()}
         for arch, bounds in self.ranges.items():
-            check_choice("ranges key", arch, ARCHITECTURES)
+            check_choice("ranges key", arch, architectures())
             if len(bounds) != 2:
                 raise ConfigError(f"ranges[{arch!r}]={bounds!r} must be two numbers (sparsest, densest)")
             for value in bounds:
@@ -126,12 +119,27 @@ class SweepConfig:
         return data
 
 
+def sparsity_knob(arch: str) -> str:
+    """The option a sweep varies for ``arch`` (e.g. ``k``, ``l1_coefficient``)."""
+    return sae_class(arch).sparsity_option
+
+
+def integer_knob(arch: str) -> bool:
+    """The sparsity knob counts latents (k) rather than weighting a penalty."""
+    return all(isinstance(v, int) for v in sae_class(arch).sweep_range)
+
+
+def short_knob(knob: str) -> str:
+    """``l1_coefficient`` -> ``l1``: the knob as it appears in sweep SAE names."""
+    return knob.removesuffix("_coefficient")
+
+
 def sparsity_settings(arch: str, points: int, bounds: tuple[float, float] | None = None) -> list[float]:
     """``points`` values of the architecture's sparsity knob, geometric from its sparsest to its densest
     setting (integers without repeats for k)."""
-    lo, hi = bounds or DEFAULT_RANGES[arch]
+    lo, hi = bounds or sae_class(arch).sweep_range
     values = [lo] if points == 1 else [lo * (hi / lo) ** (i / (points - 1)) for i in range(points)]
-    if SPARSITY_FIELD[arch] == "k":
+    if integer_knob(arch):
         values = list(dict.fromkeys(max(1, round(v)) for v in values))
     else:
         values = [float(f"{v:.3g}") for v in values]
@@ -143,12 +151,12 @@ def sweep_sae_configs(config: SweepConfig, d_in: int) -> list[SAEConfig]:
     d_sae = config.d_sae or config.expansion * d_in
     cfgs = []
     for arch in config.archs:
-        knob = SPARSITY_FIELD[arch]
+        knob = sparsity_knob(arch)
         for value in sparsity_settings(arch, config.points, config.ranges.get(arch)):
-            value = int(value) if knob == "k" else value
-            if knob == "k" and value > d_sae:
+            value = int(value) if integer_knob(arch) else value
+            if integer_knob(arch) and value > d_sae:
                 raise ConfigError(f"k={value} for {arch} exceeds d_sae={d_sae}; lower ranges[{arch!r}] or raise d_sae")
-            cfgs.append(SAEConfig(arch, d_in, d_sae, hook_name=config.hook, name=f"{arch}.{SHORT_FIELD[knob]}={value:g}",
+            cfgs.append(SAEConfig(arch, d_in, d_sae, hook_name=config.hook, name=f"{arch}.{short_knob(knob)}={value:g}",
                                   lr=config.lrs.get(arch), **{knob: value}))
     return cfgs
 
@@ -237,7 +245,7 @@ def run_sweep(lm: LoadedModel, config: SweepConfig, out_dir: str | os.PathLike, 
     results = evaluate_saes(lm, saes, config.eval_source, eval_cfg)
     rows = []
     for cfg, result in zip(sae_cfgs, results, strict=True):
-        knob = SPARSITY_FIELD[cfg.architecture]
+        knob = sparsity_knob(cfg.architecture)
         m = result.metrics
         rows.append({"name": cfg.name, "architecture": cfg.architecture, "sparsity_field": knob,
                      "sparsity_value": getattr(cfg, knob), "d_sae": cfg.d_sae,

@@ -241,6 +241,11 @@ class SAE(nn.Module, ABC):
     def encode_flat(self, x: Tensor) -> Tensor:
         """[n, d_in] -> [n, d_sae]."""
 
+    def linear_encoder(self) -> tuple[Tensor, Tensor]:
+        """(W [d_in, d_sae], bias [d_sae]): the affine map whose output the activation function
+        thresholds, on inputs already centred by b_dec when ``apply_b_dec_to_input``."""
+        return self.W_enc, self.b_enc
+
     def decode_flat(self, acts: Tensor) -> Tensor:
         """[n, d_sae] -> [n, d_out], without the skip term."""
         return torch.addmm(self.b_dec, acts, self.W_dec)

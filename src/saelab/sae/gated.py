@@ -46,6 +46,10 @@ class GatedSAE(SAE):
         """(π_gate, π_mag), each [n, d_sae], from shared = (x − b_dec) W_gate."""
         return shared + self.b_gate, torch.addcmul(self.b_mag, shared, self.r_mag.exp())
 
+    def linear_encoder(self) -> tuple[Tensor, Tensor]:
+        """The magnitude path: (W_gate · exp(r_mag) [d_in, d_sae], b_mag [d_sae])."""
+        return self.W_enc * self.r_mag.exp()[None, :], self.b_mag
+
     def encode_flat(self, x: Tensor) -> Tensor:
         gate, mag = self._paths(self._centered(x) @ self.W_enc)
         return torch.where(gate > 0, torch.relu(mag), 0.0)
