@@ -21,8 +21,8 @@ from saelab.causal import (
     zero_ablate,
 )
 from saelab.errors import SaelabError
-from saelab.eval.splice import SAEModelMismatchError, sae_replacement, splice_edit
 from saelab.sae import SAEConfig, make_sae
+from saelab.splicing import SAEModelMismatchError, sae_replacement, splice_edit
 
 HOOK_A, HOOK_B = "blocks.0.hook_resid_post", "blocks.1.attn.hook_z"
 

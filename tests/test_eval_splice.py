@@ -13,7 +13,9 @@ import torch.nn.functional as F
 from saelab.data.sources import TokenArraySource, ToySource
 from saelab.errors import ConfigError
 from saelab.eval.evaluate import EmptyEvaluationSetError, EvalConfig, evaluate_sae, evaluate_saes
-from saelab.eval.splice import (
+from saelab.models import LoadedModel, UnknownHookError
+from saelab.sae import SAEConfig, make_sae
+from saelab.splicing import (
     SAEModelMismatchError,
     check_sae_fits,
     ordinary_token_mask,
@@ -22,8 +24,6 @@ from saelab.eval.splice import (
     spliced_logits,
     zero_replacement,
 )
-from saelab.models import LoadedModel, UnknownHookError
-from saelab.sae import SAEConfig, make_sae
 
 RESID = "blocks.1.hook_resid_pre"
 HOOK_Z = "blocks.1.attn.hook_z"

@@ -101,13 +101,13 @@ CLI_VALUES = st.one_of(st.integers(-3, 40).map(str), st.sampled_from(["nan", "in
 @settings(PROFILE, max_examples=max(PROFILE.max_examples // 2, 10))
 @given(option=st.sampled_from(sorted(CLI_OPTIONS)), value=CLI_VALUES)
 def test_train_command_line(option, value, tmp_path_factory, monkeypatch, capsys):
-    import saelab.train.commands as commands
+    import saelab.train.run_spec as run_spec
 
-    def tiny_source(settings_):
+    def tiny_source(model, data_spec, hooks, batch_size, **_):
         data = {"blocks.0.hook_resid_pre": torch.randn(64, 8, generator=torch.Generator().manual_seed(0))}
-        return InMemorySource(data, settings_["train"]["batch_size"]), {}, {"blocks.0.hook_resid_pre": 8}
+        return run_spec.Activations(InMemorySource(data, batch_size), {"blocks.0.hook_resid_pre": 8}, {})
 
-    monkeypatch.setattr(commands, "_batch_source", tiny_source)
+    monkeypatch.setattr(run_spec, "open_activations", tiny_source)
     args = {"--steps": "3", "--batch-size": "16", "--arch": "topk", "--k": "2", "--d-sae": "16"}
     args[option] = value
     argv = ["train", "--hook", "blocks.0.hook_resid_pre", "--out", str(tmp_path_factory.mktemp("cli")),

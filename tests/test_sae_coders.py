@@ -254,7 +254,7 @@ def test_matryoshka_prefixes_reconstruct_better_than_batchtopk_first_latents():
         with torch.no_grad():
             sae.b_dec.copy_(x.mean(0))
         updater = SAEUpdater(sae, TrainConfig(steps=1, batch_size=512, lr=3e-3))
-        for epoch in range(3):
+        for _epoch in range(3):
             for i in range(0, len(x) - 511, 512):
                 updater.step(x[i:i + 512], 3e-3, 1.0)
         sae.eval()

@@ -57,17 +57,21 @@ def apply_threads(args: argparse.Namespace) -> None:
         torch.set_num_threads(args.threads)
 
 
-def source_from_args(args: argparse.Namespace):
-    from saelab.data.sources import open_source
+def text_spec_from_args(args: argparse.Namespace):
+    """The ``TextSpec`` that ``add_source_arguments``' options name."""
+    from saelab.data.store import TextSpec
 
-    return open_source(args.source, text_column=args.text_column, split=args.split, txt_split=args.txt_split,
-                       seed=args.source_seed)
+    return TextSpec(source=args.source, source_seed=args.source_seed, text_column=args.text_column, split=args.split,
+                    txt_split=args.txt_split, context_size=args.context_size, prepend_bos=not args.no_prepend_bos,
+                    separator=args.separator)
+
+
+def source_from_args(args: argparse.Namespace):
+    return text_spec_from_args(args).open_source()
 
 
 def packing_from_args(args: argparse.Namespace):
-    from saelab.data.packing import PackingConfig
-
-    return PackingConfig(args.context_size, prepend_bos=not args.no_prepend_bos, separator=args.separator)
+    return text_spec_from_args(args).packing()
 
 
 def model_from_args(args: argparse.Namespace):

@@ -15,7 +15,6 @@ Stages (each timed; all results in ``OUT/summary.json`` and a self-contained ``O
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from collections.abc import Callable
@@ -23,7 +22,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from saelab.cli_args import add_threads_argument, apply_threads
 from saelab.errors import check_range
 from saelab.fileio import atomic_write_json
 from saelab.report import HtmlReport, Section
@@ -85,27 +83,24 @@ class Demo:
 
     # ------------------------------------------------------------------ stages
     def train(self, section: Section) -> dict[str, Any]:
-        from saelab.data.sources import ToySource
-        from saelab.data.store import ActivationStore, StoreConfig
-        from saelab.sae import SAEConfig
-        from saelab.train import TrainConfig, train_saes
-        from saelab.train.commands import folder_meta
+        from saelab.data.store import TextSpec
+        from saelab.train import DataSpec, RunSpec, TrainConfig, train_run
 
         cfg = self.cfg
-        store = ActivationStore(self.lm, ToySource(seed=cfg.seed), [cfg.hook],
-                                StoreConfig(batch_size=2048, seed=cfg.seed, repeat=True))
-        sae_cfg = SAEConfig("jumprelu", d_in=self.lm.hook_d_in(cfg.hook), d_sae=cfg.d_sae, hook_name=cfg.hook,
-                            name="jumprelu", l0_coefficient=cfg.l0_coefficient)
         steps = -(-cfg.tokens // 2048)
         train_cfg = TrainConfig(tokens=cfg.tokens, batch_size=2048, lr=1e-3, lr_warmup_steps=steps // 20,
                                 lr_decay_steps=steps // 5, sparsity_warmup_steps=steps // 5, seed=cfg.seed,
                                 log_every=max(1, steps // 20))
         run_dir = self.out / "train"
-        saes = train_saes([sae_cfg], store, train_cfg, run_dir, progress=self.progress,
-                          extra_meta=folder_meta("toy", f"toy:{cfg.seed}", 128, True, self.lm.fingerprint()))
+        spec = RunSpec.create([{"architecture": "jumprelu", "hook_name": cfg.hook, "d_sae": cfg.d_sae,
+                                "name": "jumprelu", "l0_coefficient": cfg.l0_coefficient}], train_cfg, run_dir,
+                              data=DataSpec(TextSpec(source=f"toy:{cfg.seed}"), seed=cfg.seed), lm=self.lm)
+        spec.save()
+        saes = train_run(spec, progress=self.progress, lm=self.lm)
         self.sae = saes["jumprelu"]
         self.sae_dir = run_dir / "saes" / "jumprelu"
         last = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()][-1]
+        sae_cfg = spec.saes[0]
         result = {"sae_dir": str(self.sae_dir), "steps": train_cfg.total_steps,
                   "tokens": train_cfg.total_steps * train_cfg.batch_size, "d_in": sae_cfg.d_in,
                   "d_sae": cfg.d_sae, "final_train_l0": last["l0"], "final_train_fvu": last["fvu"],
@@ -272,55 +267,3 @@ class Demo:
         atomic_write_json(self.out / "summary.json", self.summary)
         self.report.write(self.out / "index.html")
         return self.summary
-
-
-def register(subparsers) -> None:
-    p = subparsers.add_parser("demo", help="the main job on the bundled toy world: train, evaluate, interpret",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    defaults = DemoConfig()
-    p.add_argument("--out", default=defaults.out, help="output folder (summary.json, index.html, ...)")
-    p.add_argument("--tokens", type=int, default=defaults.tokens, help="SAE training tokens")
-    p.add_argument("--d-sae", type=int, default=defaults.d_sae, help="SAE latents")
-    p.add_argument("--seed", type=int, default=defaults.seed, help="seed of data order and SAE init")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
-    add_threads_argument(p)
-    p.add_argument("--json", action="store_true", help="print summary.json instead of the short summary")
-    p.set_defaults(func=run_demo)
-
-
-def run_demo(args: argparse.Namespace) -> int:
-    apply_threads(args)
-    cfg = DemoConfig(out=args.out, tokens=args.tokens, d_sae=args.d_sae, seed=args.seed)
-    summary = Demo(cfg, progress=args.progress).run()
-    if args.json:
-        print(json.dumps(summary, indent=2))
-    else:
-        _print_summary(summary, Path(cfg.out))
-    return 0
-
-
-def _print_summary(summary: dict[str, Any], out: Path) -> None:
-    train = summary["train"]
-    print(f"\nsaelab demo finished in {summary['total_seconds']:.0f} s")
-    print(f"  SAE:        {train['sae_dir']}")
-    if "evaluate" in summary:
-        m = summary["evaluate"]
-        print(f"  held out:   L0 {m['l0']:.1f}, FVU {m['fvu']:.3f}, delta LM loss {m['delta_loss']:.4f}, "
-              f"CE recovered {m['ce_loss_recovered']:.3f}, dead {m['dead_fraction']:.1%}")
-    if "recovery" in summary:
-        for name, r in summary["recovery"].items():
-            print(f"  recovery:   {name}: {r['recovered']}/{r['n_variables']} variables at F1 >= 0.8, "
-                  f"mean best F1 {r['mean_best_f1']:.3f}")
-    if "dashboards" in summary:
-        print(f"  dashboards: {summary['dashboards']['dashboard']}")
-    if "causal" in summary:
-        c = summary["causal"]
-        print(f"  steering:   {c['steering']['steered_text']!r}")
-        print(f"  patching:   {c['plot']}")
-    if "circuits" in summary:
-        aucs = ", ".join(f"{row['method']} {row['auc']:.2f}" for row in summary["circuits"]["rows"])
-        print(f"  circuits:   toy IOI, AUC against the reference heads: {aucs}")
-    if "explorer" in summary:
-        print(f"  explore:    {summary['explorer']['command']}")
-    print(f"  report:     {out / 'index.html'}")
-    print(f"  summary:    {out / 'summary.json'}")

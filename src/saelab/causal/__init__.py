@@ -29,10 +29,10 @@ from saelab.causal.edits import (
                                        zero_ablate,
 )
 from saelab.causal.feature_patching import FitConfig, feature_patching
-from saelab.causal.intervene import Splice, hook_latents, hook_latents_and_errors, run_spliced, spliced
 from saelab.causal.patching_experiment import PatchingConfig, run_patching_experiment
 from saelab.causal.prompts import PromptPairs, pair_prompts, read_pairs_file, task_prompts
 from saelab.causal.steering import SteeringResult, steer_generate
+from saelab.splicing import Splice, hook_latents, hook_latents_and_errors, run_spliced, spliced
 
 __all__ = [
     "Attribution", "Basis", "FitConfig", "InterventionError", "LatentEdit", "LinearBasis", "PatchingConfig",

@@ -24,10 +24,10 @@ import torch
 from torch import Tensor
 
 from saelab.causal.edits import InterventionError, patch_from
-from saelab.causal.intervene import Splice, encode_value, hook_latents, run_spliced
-from saelab.eval.splice import check_sae_fits
 from saelab.models import LoadedModel
+from saelab.models.hooking import EditFn
 from saelab.sae.base import SAE
+from saelab.splicing import Splice, check_sae_fits, hook_latents, run_spliced, splice_edits
 
 Metric = Callable[[Tensor], Tensor]
 
@@ -79,33 +79,51 @@ def _check_pair(clean_ids: Tensor, cf_ids: Tensor) -> None:
                                 "equal token length")
 
 
+class _LatentProbe:
+    """A splice edit that keeps the latents ``[batch, pos, d_sae]`` but makes them the leaf the metric is
+    differentiated by: with the error term, the target's value is y + decode(leaf) − decode(acts), so
+    its value is y and its gradient flows to the latents only."""
+
+    acts: Tensor | None = None
+
+    def check(self, d_sae: int) -> None:
+        """Any width fits."""
+
+    def apply(self, acts: Tensor, spliced: Tensor) -> Tensor:
+        self.acts = acts.detach().requires_grad_(True)
+        return self.acts
+
+
+def _detached(edit: EditFn) -> EditFn:
+    """``edit`` applied to the hook's value cut from the graph: no gradient flows upstream through it."""
+
+    def run(value: Tensor) -> Tensor | None:
+        return edit(value.detach())
+
+    return run
+
+
 def attribute_latents(lm: LoadedModel, sae: SAE, clean_ids: Tensor, cf_ids: Tensor, metric: Metric,
                       hook: str | None = None, attention_mask: Tensor | None = None) -> Attribution:
     """Attribution scores of every latent at every position (one clean forward and backward, one
     counterfactual forward)."""
-    hook = check_sae_fits(lm, sae, hook)
+    hook = check_sae_fits(lm, sae, hook).source
     clean_ids, cf_ids = lm.as_input_ids(clean_ids), lm.as_input_ids(cf_ids)
     _check_pair(clean_ids, cf_ids)
     cf_acts = hook_latents(lm, sae, cf_ids, hook, attention_mask)
-    seen: dict[str, Tensor] = {}
-
-    def edit(value: Tensor) -> Tensor:
-        x, acts = encode_value(sae, value.detach())
-        acts = acts.detach().requires_grad_(True)
-        seen["acts"] = acts
-        x_hat = sae.decode(acts)
-        return (x_hat + (x - x_hat).detach()).to(value.dtype).reshape(value.shape)
-
+    probe = _LatentProbe()
+    edits = {name: _detached(fn) for name, fn in
+             splice_edits(lm, [Splice(sae, add_error=True, edits=[probe], hook=hook)]).items()}
     sae_grads = [p.requires_grad for p in sae.parameters()]
     sae.requires_grad_(False)
     try:
-        logits = lm.run_with_hooks(clean_ids, {hook: edit}, attention_mask=attention_mask, grad=True)
+        logits = lm.run_with_hooks(clean_ids, edits, attention_mask=attention_mask, grad=True)
         values = metric(logits)
         values.sum().backward()
     finally:
         for p, flag in zip(sae.parameters(), sae_grads, strict=True):
             p.requires_grad_(flag)
-    acts = seen["acts"]
+    acts = probe.acts
     gradient = acts.grad.detach()
     clean_acts = acts.detach()
     return Attribution((cf_acts - clean_acts) * gradient, gradient, clean_acts, cf_acts, values.detach())
@@ -118,7 +136,7 @@ def patch_effects(lm: LoadedModel, sae: SAE, clean_ids: Tensor, cf_ids: Tensor, 
     """``[len(cells)]`` true metric changes of patching each (prompt, position, latent) cell alone from
     the counterfactual into the clean run (SAE spliced with its error term; one batch forward per cell,
     so ``metric`` sees the whole batch it was built for)."""
-    hook = check_sae_fits(lm, sae, hook)
+    hook = check_sae_fits(lm, sae, hook).source
     clean_ids, cf_ids = lm.as_input_ids(clean_ids), lm.as_input_ids(cf_ids)
     _check_pair(clean_ids, cf_ids)
     cf_acts = hook_latents(lm, sae, cf_ids, hook, attention_mask)

@@ -14,13 +14,13 @@ from pathlib import Path
 import torch
 
 from saelab.causal.feature_patching import FitConfig, feature_patching, fewest_components_table
-from saelab.causal.intervene import hook_latents
 from saelab.causal.patching_experiment import PatchingConfig
 from saelab.causal.prompts import task_prompts
 from saelab.causal.steering import steer_generate
 from saelab.models import LoadedModel
 from saelab.report import Section
 from saelab.sae.base import SAE
+from saelab.splicing import hook_latents
 
 STEERING_PROMPT = "When Mary and John went to the store , John gave a drink to"
 

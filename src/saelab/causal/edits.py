@@ -1,4 +1,4 @@
-"""Per-latent edits applied to an SAE's latents inside a splice (``saelab.causal.intervene``).
+"""Per-latent edits applied to an SAE's latents inside a splice (``saelab.splicing.Splice``).
 
 Every edit acts on latents ``acts [batch, pos, d_sae]`` at chosen ``positions`` and on chosen
 ``latents`` (indices into d_sae; ``None`` means every latent):
@@ -23,14 +23,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from saelab.errors import ConfigError, SaelabError, check_choice, check_range
+from saelab.errors import ConfigError, check_choice, check_range
+from saelab.splicing import InterventionError, Positions, position_mask
 
 EDIT_KINDS = ("zero", "mean", "clamp", "steer", "patch")
-Positions = Sequence[int] | Tensor | None
-
-
-class InterventionError(SaelabError):
-    """An intervention that cannot be applied: positions out of range, shapes that do not match."""
 
 
 def _latent_tuple(latents: int | Sequence[int] | None) -> tuple[int, ...] | None:
@@ -101,24 +97,6 @@ class LatentEdit:
                     "count) as the prompt it is patched into")
             new = self.tensor.to(acts)
         return torch.where(cells, new, acts)
-
-
-def position_mask(positions: Positions, batch: int, seq_len: int, device=None) -> Tensor:
-    """``[batch, pos]`` bool mask of ``positions`` (None: all), refusing positions out of range."""
-    if positions is None:
-        return torch.ones(batch, seq_len, dtype=torch.bool, device=device)
-    if isinstance(positions, Tensor):
-        if positions.dtype != torch.bool or tuple(positions.shape) != (batch, seq_len):
-            raise InterventionError(f"a position mask must be a bool tensor of shape [batch, pos] = {(batch, seq_len)}; "
-                                    f"got {positions.dtype} {tuple(positions.shape)}")
-        return positions.to(device)
-    bad = [p for p in positions if not -seq_len <= p < seq_len]
-    if bad:
-        raise InterventionError(f"positions {bad} are out of range for a prompt of {seq_len} tokens; accepted: "
-                                f"{-seq_len}..{seq_len - 1}")
-    mask = torch.zeros(batch, seq_len, dtype=torch.bool, device=device)
-    mask[:, [p % seq_len for p in positions]] = True
-    return mask
 
 
 def zero_ablate(latents: int | Sequence[int] | None = None, positions: Positions = None) -> LatentEdit:

@@ -19,10 +19,10 @@ from saelab.causal.plots import plot_patching_curves
 from saelab.causal.prompts import PromptPairs
 from saelab.causal.quick_sae import hook_activations, train_quick_sae
 from saelab.errors import ConfigError, check_choice, check_range
-from saelab.eval.splice import check_sae_fits
 from saelab.fileio import atomic_write_json
 from saelab.models import LoadedModel
 from saelab.sae.base import SAE
+from saelab.splicing import check_sae_fits
 
 BASIS_NAMES = ("sae", "pca", "ica", "neuron", "random_rotation")
 DEFAULT_IOI_HOOK = "blocks.2.hook_resid_post"

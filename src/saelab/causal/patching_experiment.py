@@ -32,8 +32,8 @@ from tqdm.auto import tqdm
 from saelab.causal.bases import Basis
 from saelab.causal.prompts import PromptPairs
 from saelab.errors import ConfigError, check_range
-from saelab.eval.splice import flat_per_token
 from saelab.models import LoadedModel
+from saelab.splicing import flat_per_token
 
 
 @dataclass

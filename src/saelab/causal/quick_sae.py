@@ -14,8 +14,8 @@ import torch
 from torch import Tensor
 
 from saelab.errors import check_range
-from saelab.eval.splice import flat_per_token
 from saelab.models import LoadedModel
+from saelab.splicing import flat_per_token
 
 
 @torch.no_grad()
@@ -42,7 +42,7 @@ def train_quick_sae(lm: LoadedModel, hook: str, x: Tensor, out_dir: str | Path, 
     folded back on save); returns the SAE (raw units), saved under ``out_dir/saes/quick_sae``."""
     from saelab.sae import SAEConfig
     from saelab.train import InMemorySource, TrainConfig, train_saes
-    from saelab.train.commands import folder_meta
+    from saelab.train.run_spec import folder_meta
 
     check_range("d_sae", d_sae, 1, integer=True)
     check_range("steps", steps, 1, integer=True)

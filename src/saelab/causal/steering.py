@@ -15,10 +15,10 @@ from dataclasses import asdict, dataclass
 import torch
 
 from saelab.causal.edits import steer
-from saelab.causal.intervene import Splice, spliced
 from saelab.errors import SaelabError, check_range
 from saelab.models import LoadedModel
 from saelab.sae.base import SAE
+from saelab.splicing import Splice, spliced
 
 
 @dataclass

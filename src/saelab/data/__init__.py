@@ -30,10 +30,10 @@ from saelab.data.sources import (
     ToySource,
     open_source,
 )
-from saelab.data.store import ActivationStore, StoreConfig
+from saelab.data.store import ActivationStore, StoreConfig, TextSpec
 
 __all__ = [
     "ActivationCache", "ActivationStore", "CacheConfig", "HFDatasetSource", "JsonlSource", "MissingColumnError",
-    "PackingConfig", "ParquetSource", "Source", "StoreConfig", "TextFileSource", "TokenArraySource", "ToySource",
-    "iter_windows", "open_source", "pack_windows", "read_manifest", "special_token_mask", "write_activation_cache",
+    "PackingConfig", "ParquetSource", "Source", "StoreConfig", "TextFileSource", "TextSpec", "TokenArraySource",
+    "ToySource", "iter_windows", "open_source", "pack_windows", "read_manifest", "special_token_mask", "write_activation_cache",
 ]

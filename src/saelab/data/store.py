@@ -53,14 +53,50 @@ import torch
 from saelab.data.activations import ActivationExtractor
 from saelab.data.packing import PackingConfig, iter_windows
 from saelab.data.shuffle import Chunk, shuffled_batches
-from saelab.data.sources import Source
+from saelab.data.sources import Source, open_source
 from saelab.errors import ConfigError, check_choice, check_range
 from saelab.models import LoadedModel
+from saelab.parallel import active_world, all_gather_rows
 
 NORMALIZATIONS = ("unit_mean_squared_norm", "none")
+TXT_SPLITS = ("paragraph", "line", "file")
 AUTOCAST_DTYPES = {"none": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 BUFFER_COPIES = 3  # a buffer's activations, their shuffled copy, and up to one buffer of carried-over rows
 FREE_MEMORY_SHARE = 0.5  # "auto" keeps the buffer on a GPU when it needs at most this share of the free memory
+
+
+@dataclass
+class TextSpec:
+    """A text source by name and how it is packed into windows (what ``--source`` and its options say).
+
+    source: an ``open_source`` spec (``toy``, ``toy:SEED``, ``hf:NAME[:CONFIG]``, a path); source_seed:
+    the toy source's seed; text_column, split: of .jsonl/.parquet/hf sources; txt_split: one document
+    of a .txt source (paragraph, line, file); context_size, prepend_bos, separator: ``PackingConfig``.
+    """
+
+    source: str = "toy"
+    source_seed: int = 0
+    text_column: str = "text"
+    split: str = "train"
+    txt_split: str = "paragraph"
+    context_size: int = 128
+    prepend_bos: bool = True
+    separator: str = "bos"
+
+    def __post_init__(self) -> None:
+        for name in ("source", "text_column", "split"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise ConfigError(f"{name}={getattr(self, name)!r} must be a non-empty string")
+        check_range("source_seed", self.source_seed, 0, None, integer=True)
+        check_choice("txt_split", self.txt_split, TXT_SPLITS)
+        self.packing()  # validates context_size, prepend_bos and separator
+
+    def open_source(self) -> Source:
+        return open_source(self.source, text_column=self.text_column, split=self.split, txt_split=self.txt_split,
+                           seed=self.source_seed)
+
+    def packing(self) -> PackingConfig:
+        return PackingConfig(self.context_size, prepend_bos=self.prepend_bos, separator=self.separator)
 
 
 @dataclass
@@ -196,8 +232,6 @@ class ActivationStore:
     def _run(self, windows: np.ndarray) -> dict[str, torch.Tensor]:
         """``{hook: [n_valid, d_in]}`` of ``windows [n, context_size]``; under torch.distributed the forward
         passes are split between the ranks and the rows all-gathered (same order as one process)."""
-        from saelab.train.distributed import active_world, all_gather_rows
-
         rank, world = active_world()
         if world == 1 or not self.config.split_across_ranks:
             return self._forward(windows)

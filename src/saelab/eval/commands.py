@@ -49,6 +49,8 @@ def register(subparsers) -> None:
                     help="skip the run with the error term added back (saves one forward pass per batch)")
     ev.add_argument("--out", default=None, help="also write eval.json, latent_frequency.safetensors and "
                                                 "density_histogram.png into this folder")
+    ev.add_argument("--format", choices=("saelab", "saebench"), default="saelab",
+                    help="saebench: print SAEBench's core-eval result JSON (and write OUT/NAME_eval_results.json)")
     _common(ev)
     ev.set_defaults(func=run_eval)
 
@@ -174,6 +176,11 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.out:
         metrics["files"] = write_eval_outputs(result, args.out)
     _warn("eval", metrics["warnings"])
+    if args.format == "saebench":
+        from saelab.eval.saebench import saebench_result_json
+
+        print(saebench_result_json(result, sae, config.batch_size, str(lm.dtype).removeprefix("torch."), args.out))
+        return 0
     if args.json:
         _print_json(metrics)
     else:

@@ -4,14 +4,19 @@
     result = evaluate_sae(lm, sae, source="toy:1000003", config=EvalConfig(tokens=32768))
     result.metrics["delta_loss"], result.metrics["fvu"], result.latent_frequency   # [d_sae]
 
+A coder reads ``x`` at its source hook and predicts ``y`` at its target hook (an SAE: the same hook, y = x;
+a transcoder: another, e.g. ``blocks.1.hook_resid_mid`` -> ``blocks.1.hook_mlp_out``): reconstruction
+metrics compare ŷ with y, both captured in the clean run, and the splice, the error-term check and
+the zero/mean-ablation baselines act on the target hook (``saelab.splicing``).
+
 The evaluation set is ``tokens`` ordinary tokens (not BOS/EOS/PAD) of held-out text, by default the
 toy world's documents for seed ``DEFAULT_EVAL_SEED`` (training uses seed 0), packed into windows of
 ``context_size`` and streamed ``batch_size`` windows at a time: memory does not grow with
-``tokens``. Two passes over it: the first, stopped after the hooks' blocks, computes each hook's mean
-(the mean-ablation baseline); the second runs per batch the clean model (capturing the hooks), the
-zero- and mean-ablation of each hook, and per SAE the spliced run and, with ``check_error_term``,
-the spliced run with the error term added back. Several SAEs share the clean run and the baselines
-of their hook. Every run stops at the unembedding; logits are formed in chunks of predictions by
+``tokens``. Two passes over it: the first, stopped after the hooks' blocks, computes each target
+hook's mean (the mean-ablation baseline); the second runs per batch the clean model (capturing every
+source and target hook), the zero- and mean-ablation of each target hook, and per SAE the spliced run
+and, with ``check_error_term``, the spliced run with the error term added back. Several SAEs share
+the clean run and the baselines of their target hook. Every run stops at the unembedding; logits are formed in chunks of predictions by
 ``score_runs``, so a large vocabulary never costs ``[batch, pos, d_vocab]`` floats. Splices touch ordinary tokens only; CE and KL are masked to predictions between
 ordinary tokens. Metric definitions: ``saelab.eval.metrics``, ``saelab.eval.downstream``,
 ``saelab.eval.latents``.
@@ -41,18 +46,20 @@ from saelab.eval.downstream import (
 )
 from saelab.eval.latents import LatentStats
 from saelab.eval.metrics import ReconstructionStats
-from saelab.eval.splice import (
+from saelab.models import LoadedModel
+from saelab.sae.base import SAE
+from saelab.splicing import (
+    Splice,
+    SpliceSites,
     check_sae_fits,
+    coder_values,
     flat_per_token,
     mean_replacement,
     ordinary_token_mask,
-    sae_replacement,
-    sae_with_error_replacement,
     splice_edit,
+    splice_edits,
     zero_replacement,
 )
-from saelab.models import LoadedModel
-from saelab.sae.base import SAE
 from saelab.toy.evaluation import EVAL_SEED
 
 DEFAULT_EVAL_SEED = EVAL_SEED
@@ -180,9 +187,9 @@ def hook_means(lm: LoadedModel, hooks: Sequence[str], source: Source, config: Ev
 class _SAEAccumulators:
     """Everything summed for one SAE over the evaluation pass."""
 
-    def __init__(self, sae: SAE, hook: str):
-        self.sae, self.hook = sae, hook
-        self.recon = ReconstructionStats(sae.cfg.d_in)
+    def __init__(self, sae: SAE, sites: SpliceSites):
+        self.sae, self.sites = sae, sites
+        self.recon = ReconstructionStats(sae.cfg.d_out)
         self.latents = LatentStats(sae.cfg.d_sae)
         self.spliced = LossSums()
         self.with_error = LossSums()
@@ -191,7 +198,7 @@ class _SAEAccumulators:
 @torch.no_grad()
 def evaluate_saes(lm: LoadedModel, saes: Sequence[SAE], source: Source | str | None = None,
                   config: EvalConfig | None = None) -> list[EvalResult]:
-    """Evaluate every SAE of ``saes`` (each at its own hook) on one pass over ``source``; results in order."""
+    """Evaluate every SAE of ``saes`` (each at its own hooks) on one pass over ``source``; results in order."""
     config = config or EvalConfig()
     if not saes:
         raise SaelabError("give at least one SAE to evaluate")
@@ -200,34 +207,37 @@ def evaluate_saes(lm: LoadedModel, saes: Sequence[SAE], source: Source | str | N
     check_context(lm, config.context_size)
     for acc in accs:
         acc.sae.eval()
-    hooks = sorted({a.hook for a in accs})
-    means, _ = hook_means(lm, hooks, source, config)
+    targets = sorted({a.sites.target for a in accs})
+    captured = sorted({hook for a in accs for hook in a.sites})
+    means, _ = hook_means(lm, targets, source, config)
     clean = LossSums()
-    zero = {h: LossSums() for h in hooks}
-    mean = {h: LossSums() for h in hooks}
+    zero = {h: LossSums() for h in targets}
+    mean = {h: LossSums() for h in targets}
     n_tokens = 0
     bar = tqdm(total=config.tokens, unit="tok", desc="evaluate", disable=not config.progress)
     for windows in evaluation_batches(lm, source, config):
         ids = torch.from_numpy(windows).to(lm.device)
         ordinary = _ordinary(lm, ids)
         scored = scored_predictions(ordinary)
-        clean_resid, cache = lm.run_to_unembed(ids, capture=hooks)
+        clean_resid, cache = lm.run_to_unembed(ids, capture=captured)
         runs = []
-        for hook in hooks:
+        for hook in targets:
             for sums, replace in ((zero[hook], zero_replacement()), (mean[hook], mean_replacement(means[hook]))):
                 resid, _ = lm.run_to_unembed(ids, {hook: splice_edit(replace, ordinary)})
                 runs.append(ScoredRun(resid, sums))
         for acc in accs:
             sae = acc.sae
-            x = flat_per_token(cache[acc.hook])[ordinary].to(device=sae.W_dec.device, dtype=sae.W_dec.dtype)
+            x, y = coder_values(sae, cache, acc.sites)
+            where = ordinary.to(x.device)
+            x, y = x[where], y[where]
             acts = sae.encode(x)
-            acc.recon.update(x, sae.decode(acts), acts)
+            acc.recon.update(y, sae.decode(acts, x), acts)
             acc.latents.update(acts)
-            resid, _ = lm.run_to_unembed(ids, {acc.hook: splice_edit(sae_replacement(sae), ordinary)})
-            runs.append(ScoredRun(resid, acc.spliced))
-            if config.check_error_term:
-                resid, _ = lm.run_to_unembed(ids, {acc.hook: splice_edit(sae_with_error_replacement(sae), ordinary)})
-                runs.append(ScoredRun(resid, acc.with_error, track_logit_diff=True))
+            variants = [(acc.spliced, False)] + ([(acc.with_error, True)] if config.check_error_term else [])
+            for sums, add_error in variants:
+                splice = Splice(sae, add_error, positions=ordinary, hook=acc.sites.source, hook_out=acc.sites.target)
+                resid, _ = lm.run_to_unembed(ids, splice_edits(lm, [splice]))
+                runs.append(ScoredRun(resid, sums, track_logit_diff=add_error))
         score_runs(lm.unembed, lm.d_vocab, ids, scored, clean_resid, clean, runs, chunk_values=config.logit_chunk)
         n = int(ordinary.sum())
         n_tokens += n
@@ -237,7 +247,8 @@ def evaluate_saes(lm: LoadedModel, saes: Sequence[SAE], source: Source | str | N
         raise EmptyEvaluationSetError(
             f"the evaluation set has no prediction between two ordinary tokens (source {source.describe()}, "
             f"context_size {config.context_size}); CE loss cannot be measured")
-    return [_result(lm, acc, source, config, n_tokens, clean, zero[acc.hook], mean[acc.hook]) for acc in accs]
+    return [_result(lm, acc, source, config, n_tokens, clean, zero[acc.sites.target], mean[acc.sites.target])
+            for acc in accs]
 
 
 def evaluate_sae(lm: LoadedModel, sae: SAE, source: Source | str | None = None,
@@ -249,8 +260,8 @@ def evaluate_sae(lm: LoadedModel, sae: SAE, source: Source | str | None = None,
 def _result(lm: LoadedModel, acc: _SAEAccumulators, source: Source, config: EvalConfig, n_tokens: int,
             clean: LossSums, zero: LossSums, mean: LossSums) -> EvalResult:
     cfg = acc.sae.cfg
-    metrics: dict = {"sae": cfg.name, "architecture": cfg.architecture, "hook": acc.hook, "d_in": cfg.d_in,
-                     "d_sae": cfg.d_sae, "model": lm.name, "source": source.describe(), "context_size": config.context_size,
+    metrics: dict = {"sae": cfg.name, "architecture": cfg.architecture, "hook": acc.sites.source,
+                     "hook_out": acc.sites.target, "d_in": cfg.d_in, "d_out": cfg.d_out, "d_sae": cfg.d_sae, "model": lm.name, "source": source.describe(), "context_size": config.context_size,
                      "n_tokens": n_tokens, "n_predictions": clean.n}
     metrics.update(acc.recon.result())
     metrics.update(downstream_metrics(clean, acc.spliced, zero, mean,
@@ -272,15 +283,15 @@ def _warnings(m: dict, config: EvalConfig) -> list[str]:
     if m["fvu"] is None:
         notes.append("fvu is undefined: the evaluation activations have zero variance; reported as null")
     if m["ce_loss_recovered"] is None:
-        notes.append(f"zero-ablating {m['hook']} does not change the loss, so ce_loss_recovered is undefined "
+        notes.append(f"zero-ablating {m['hook_out']} does not change the loss, so ce_loss_recovered is undefined "
                      "(null)")
     if m["ce_loss_recovered_mean_ablation"] is None:
-        notes.append(f"mean-ablating {m['hook']} does not change the loss, so ce_loss_recovered_mean_ablation "
+        notes.append(f"mean-ablating {m['hook_out']} does not change the loss, so ce_loss_recovered_mean_ablation "
                      "is undefined (null)")
     if m["n_tokens"] < config.tokens:
         notes.append(f"the source ended after {m['n_tokens']} evaluation tokens ({config.tokens} requested)")
     diff = m.get("error_term_max_logit_diff")
     if diff is not None and diff > ERROR_TERM_TOLERANCE:
         notes.append(f"with the error term added back the logits differ from the clean run by up to {diff:.3g} "
-                     f"(tolerance {ERROR_TERM_TOLERANCE}); the splice at {m['hook']} is not exact")
+                     f"(tolerance {ERROR_TERM_TOLERANCE}); the splice at {m['hook_out']} is not exact")
     return notes

@@ -11,7 +11,8 @@ F1 ≥ ``f1_threshold`` (0.8) and the mean best F1.
 
 Thresholds, stated per unit set in the report:
 
-- SAE latents: active (> 0). No tuning: the latent must fire exactly where the variable holds.
+- SAE latents (a transcoder's too, computed from its source hook, where the baselines are measured):
+  active (> 0). No tuning: the latent must fire exactly where the variable holds.
 - MLP neurons (``mlp.hook_post`` of the layer whose MLP last wrote into the SAE's hook): twice,
   at > 0, and at the best of 0 and the per-neuron quantiles ``quantiles`` of its values.
 - Random directions: as many as the SAE has latents, Gaussian in the hook's space (unit norm);
@@ -35,10 +36,10 @@ from tqdm.auto import tqdm
 
 from saelab.errors import ConfigError, SaelabError, check_range
 from saelab.eval.evaluate import DEFAULT_EVAL_SEED, check_context, model_context
-from saelab.eval.splice import check_sae_fits, flat_per_token
 from saelab.models import LoadedModel
 from saelab.models.hook_points import MLP_POST, RESID_PRE, parse_hook_name
 from saelab.sae.base import SAE
+from saelab.splicing import check_sae_fits, flat_per_token
 from saelab.toy import vocabulary as V
 from saelab.toy.corpus import iter_documents
 from saelab.toy.spans import ROLES
@@ -230,7 +231,7 @@ def unit_sets(lm: LoadedModel, saes: Sequence[SAE], config: RecoveryConfig) -> l
     """The SAEs' latents and, with ``config.baselines``, the neuron and random-direction baselines."""
     sets: list[UnitSet] = []
     for sae in saes:
-        hook = check_sae_fits(lm, sae)
+        hook = check_sae_fits(lm, sae).source  # latents read the source hook (a transcoder's input)
         sets.append(UnitSet(sae.cfg.name, "sae", hook, sae.cfg.d_sae, "latent > 0", _encoder(sae), _zero_threshold))
     if not config.baselines:
         return sets

@@ -28,14 +28,16 @@ import torch
 from saelab.attention.dfa import direct_feature_attribution
 from saelab.attention.geometry import AttentionSAE, bind_attention_sae
 from saelab.attention.recursive import bind_upstream, recursive_dfa
+from saelab.causal.edits import steer as steer_latent
+from saelab.causal.edits import zero_ablate
 from saelab.errors import ConfigError, CorruptFileError, SaelabError, check_range
-from saelab.eval.splice import check_sae_fits, ordinary_token_mask, sae_replacement, splice_edit
 from saelab.interp.logits import RESIDUAL_KINDS, head_shares
 from saelab.interp.site import encode_windows
 from saelab.interp.tokens import TokenNames
 from saelab.models import LoadedModel, parse_hook_name
 from saelab.models.hook_points import ATTN_Z
 from saelab.sae import SAE
+from saelab.splicing import Splice, check_sae_fits, ordinary_token_mask, splice_edits
 
 
 class UnknownSAEError(SaelabError):
@@ -72,14 +74,16 @@ class ExplorerLimits:
 
 @dataclass
 class ExplorerSAE:
-    """One loaded SAE: its name in the API, the hook it reads, what kind of site that is, its
-    attention binding (hook_z SAEs) and precomputed dashboard records by latent index."""
+    """One loaded SAE: its name in the API, the hook it reads (``hook``; per-token latents come from
+    there) and the hook it writes (``hook_out``: a transcoder's target, else ``hook``), what kind of
+    site it reads, its attention binding (hook_z SAEs) and precomputed dashboard records by latent index."""
 
     name: str
     sae: SAE
     hook: str
     kind: str                                   # "attention" | "residual" | "other"
     layer: int | None
+    hook_out: str = ""
     attention: AttentionSAE | None = None
     dashboard: dict[int, dict] = field(default_factory=dict)
     upstream: list[str] = field(default_factory=list)
@@ -173,9 +177,9 @@ class ExplorerService:
         self.max_tokens = min(self.limits.max_prompt_tokens, int(context) if context else 1 << 30)
         self.saes: dict[str, ExplorerSAE] = {}
         for name, sae in saes.items():
-            hook = check_sae_fits(lm, sae)
+            hook, hook_out = check_sae_fits(lm, sae)
             kind, layer = site_kind(lm, hook)
-            entry = ExplorerSAE(name, sae, hook, kind, layer)
+            entry = ExplorerSAE(name, sae, hook, kind, layer, hook_out=hook_out)
             if kind == "attention":
                 entry.attention = bind_attention_sae(lm, sae)
             self.saes[name] = entry
@@ -374,7 +378,8 @@ class ExplorerService:
         by_source = result.by_source[:, :dest + 1]                                 # [n_heads, src]
         total = by_source.sum(0)
         order = torch.argsort(total.abs(), descending=True)[:k]
-        shares = head_shares(self.lm, entry.sae, entry.hook, [latent])[0]
+        shares = head_shares(self.lm, entry.sae, entry.hook, [latent])
+        shares = [] if shares is None else shares[0]      # a transcoder from hook_z writes elsewhere
         return {
             "sae": sae, "latent": latent, "position": dest, "tokens": tokens,
             "activation": finite(result.activation), "preactivation": finite(result.preactivation),
@@ -433,16 +438,18 @@ class ExplorerService:
         ids = self.prompt_ids(prompt)
         pos = self.position(position, ids.shape[1])
         mask = ordinary_token_mask(ids, self.lm.special_token_ids)
-        runs = [("clean", "the model as it is", None),
-                ("spliced", f"{entry.hook} replaced by the SAE's reconstruction", sae_replacement(entry.sae))]
+        what = (f"{entry.hook} replaced by the SAE's reconstruction" if entry.hook_out == entry.hook else
+                f"{entry.hook_out} replaced by the transcoder's prediction from {entry.hook}")
+        runs = [("clean", "the model as it is", None), ("spliced", what, Splice(entry.sae, positions=mask))]
         if latent is not None:
-            runs.append(("ablated", f"latent {latent} set to 0 (error term kept)", latent_shift(entry.sae, latent, None)))
-            runs.append(("steered", f"latent {latent} activation {steer:+g} (error term kept)",
-                         latent_shift(entry.sae, latent, steer)))
+            for name, description, edit in (("ablated", "set to 0", zero_ablate(latent)),
+                                             ("steered", f"activation {steer:+g}", steer_latent(latent, steer))):
+                runs.append((name, f"latent {latent} {description} (error term kept)",
+                             Splice(entry.sae, add_error=True, edits=[edit], positions=mask)))
         logits = {}
         with self.model_lock:
-            for name, _, replace in runs:
-                edits = {} if replace is None else {entry.hook: splice_edit(replace, mask)}
+            for name, _, splice in runs:
+                edits = {} if splice is None else splice_edits(self.lm, [splice])
                 logits[name] = self.lm.run_with_hooks(ids, edits)[0, pos].float()
         clean_logp = torch.log_softmax(logits["clean"], -1)
         clean_top = int(clean_logp.argmax())
@@ -459,17 +466,3 @@ class ExplorerService:
         return {"sae": sae, "latent": latent, "position": pos, "token": self.names.name(int(ids[0, pos])),
                 "variants": variants}
 
-
-def latent_shift(sae: SAE, latent: int, steer: float | None):
-    """A splice replacement ``[n, d_in] -> [n, d_in]`` that changes only ``latent``: to 0 (``steer``
-    None) or by ``+steer``, and keeps the SAE's error term: x + decode(a') − decode(a)."""
-
-    def replace(x: torch.Tensor) -> torch.Tensor:
-        param = sae.W_dec
-        x_sae = x.to(device=param.device, dtype=param.dtype)
-        acts = sae.encode(x_sae)
-        changed = acts.clone()
-        changed[:, latent] = 0.0 if steer is None else acts[:, latent] + steer
-        return (x_sae + sae.decode(changed) - sae.decode(acts)).to(x)
-
-    return replace

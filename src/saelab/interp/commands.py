@@ -17,9 +17,12 @@ from saelab.cli_args import (
 from saelab.errors import ConfigError, check_choice
 
 
-def _add_common(p: argparse.ArgumentParser, tokens: int) -> None:
+def _add_common(p: argparse.ArgumentParser, tokens: int, features: str | None = None) -> None:
+    """The options every feature-data command shares; ``features``: a default for ``--features``
+    (else it is required)."""
     p.add_argument("sae_dir", metavar="SAE_DIR", help="SAE folder (cfg.json + sae_weights.safetensors) or Hub id")
-    p.add_argument("--features", required=True, help="latent indices, e.g. '0-99' or '3,17,40-45'")
+    p.add_argument("--features", required=features is None, default=features,
+                   help="latent indices, e.g. '0-99' or '3,17,40-45'" + (f" (default {features})" if features else ""))
     p.add_argument("--tokens", type=int, default=tokens, help=f"token budget (default {tokens})")
     p.add_argument("--device", default="cpu", help="device for model and SAE")
     p.add_argument("--seed", type=int, default=0)
@@ -71,14 +74,20 @@ def _load(args: argparse.Namespace, model_spec: str | None):
     return load_model(spec, device=args.device), sae, hook
 
 
-def _gather(args: argparse.Namespace, lm, sae, hook, **extra):
-    from saelab.interp.gather import FeatureDataConfig, build_feature_data
+def feature_config(args: argparse.Namespace, **extra):
+    """The ``FeatureDataConfig`` that ``_add_common``'s options name (``extra``: more fields)."""
+    from saelab.interp.gather import FeatureDataConfig
 
-    cfg = FeatureDataConfig(n_tokens=args.tokens, context_size=args.context_size, prepend_bos=not args.no_prepend_bos,
-                            model_batch_size=args.model_batch_size, seed=args.seed,
-                            exclude_special_tokens=not args.include_special_tokens,
-                            progress=not args.no_progress, **extra)
-    return build_feature_data(lm, sae, hook, source_from_args(args), args.features, cfg)
+    return FeatureDataConfig(n_tokens=args.tokens, context_size=args.context_size, prepend_bos=not args.no_prepend_bos,
+                             model_batch_size=args.model_batch_size, seed=args.seed,
+                             exclude_special_tokens=not args.include_special_tokens,
+                             progress=not args.no_progress, **extra)
+
+
+def _gather(args: argparse.Namespace, lm, sae, hook, **extra):
+    from saelab.interp.gather import build_feature_data
+
+    return build_feature_data(lm, sae, hook, source_from_args(args), args.features, feature_config(args, **extra))
 
 
 def _emit(args: argparse.Namespace, summary: dict[str, Any]) -> None:

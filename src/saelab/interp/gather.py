@@ -10,8 +10,9 @@ latent. Pass 2 re-runs only the windows that hold a kept example and cuts each e
 Per latent (``FeatureRecord``): density, max and mean activation, a histogram of non-zero activations
 (estimated from the random sample, scaled to the firing count), top examples, quantile groups (the
 random sample sorted and cut into ``n_quantiles`` equal-count groups, ``per_quantile`` examples each,
-from the strongest group down to the weakest activations), logit effects, nearest latents by decoder
-cosine and by activation correlation, and the head shares of hook_z SAEs. ``n_random`` random
+from the strongest group down to the weakest activations), logit effects (of the decoder direction at
+the site it writes: a transcoder's ``hook_name_out``, ``meta["hook_out"]``), nearest latents by
+decoder cosine and by activation correlation, and the head shares of hook_z SAEs. ``n_random`` random
 contexts (shared by all latents, each with that latent's activations) serve autointerp as negatives.
 """
 
@@ -36,6 +37,7 @@ from saelab.interp.streaming import StreamingTopK
 from saelab.interp.tokens import TokenNames
 from saelab.models import LoadedModel
 from saelab.sae import SAE
+from saelab.splicing import target_hook
 
 
 @dataclass
@@ -105,7 +107,7 @@ class FeatureRecord:
     mean_act: float
     hist: dict[str, list]
     top_examples: list[Example] = field(default_factory=list)
-    quantile_groups: list[dict[str, Any]] = field(default_factory=list)   # {"label", "lo", "hi", "examples"}
+    quantile_groups: list[dict[str, Any]] = field(default_factory=list)  # {label, lo, hi, fraction, examples}
     random_examples: list[Example] = field(default_factory=list)
     logits: dict[str, Any] | None = None      # {"top": [(token, weight)], "bottom": [...], "hist": {...}}
     neighbors_cosine: list[tuple[int, float]] = field(default_factory=list)
@@ -116,10 +118,12 @@ class FeatureRecord:
 @dataclass
 class FeatureData:
     """The result of ``build_feature_data``: ``meta`` (SAE, model, budget, timings) and one record per
-    requested latent, in increasing index order."""
+    requested latent, in increasing index order. ``windows`` ``[n_windows, context_size]``: the token
+    ids of pass 1 (``Example.window`` indexes it); kept in memory only, not in ``to_dict``."""
 
     meta: dict[str, Any]
     features: list[FeatureRecord]
+    windows: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {"meta": self.meta, "features": [asdict(f) for f in self.features]}
@@ -216,11 +220,11 @@ def build_feature_data(lm: LoadedModel, sae: SAE, hook: str, source, features: s
         for record, row in zip(records, shares, strict=False):
             record.head_shares = [round(float(v), 4) for v in row]
 
-    meta = {"hook": hook, "d_sae": d_sae, "d_in": sae.cfg.d_in, "architecture": sae.cfg.architecture,
+    meta = {"hook": hook, "hook_out": target_hook(sae, hook), "d_sae": d_sae, "d_in": sae.cfg.d_in, "architecture": sae.cfg.architecture,
             "model": lm.name, "n_tokens": int(n_valid), "n_windows": int(tokens.shape[0]),
             "context_size": cfg.context_size, "features": feats, "seconds": round(time.perf_counter() - started, 2),
             "config": asdict(cfg)}
-    return FeatureData(meta, records)
+    return FeatureData(meta, records, windows=tokens)
 
 
 def _summarise(i: int, index: int, n_fires, total, n_tokens: int, top: StreamingTopK, sample: StreamingTopK,
@@ -262,7 +266,8 @@ def _example_slots(records, top: StreamingTopK, sample: StreamingTopK, tokens: n
             record.quantile_groups.append({
                 "label": f"{100 * members[0] / len(ids):.0f}–{100 * (members[-1] + 1) / len(ids):.0f}% of firings "
                          "(strongest first)",
-                "hi": float(values[members[0]]), "lo": float(values[members[-1]]), "examples": []})
+                "hi": float(values[members[0]]), "lo": float(values[members[-1]]),
+                "fraction": len(members) / len(ids), "examples": []})
             for p in picks:
                 want(col, int(ids[p]), "quantile", g)
     return wanted

@@ -6,6 +6,9 @@ in the residual stream. For ``attn.hook_z`` SAEs it is split per head ``[n_heads
 mapped through each head's ``W_O [d_head, d_model]`` and summed (Gemma 2's post-attention norm is
 applied to the result, with its norm kept). Other sites (q/k/v, MLP hidden) have no direct path to
 the logits and get no logit effects.
+
+Every function takes the ``hook`` the SAE reads; the decoder writes there, except for a transcoder,
+whose decoder writes its ``hook_name_out`` (``saelab.splicing.target_hook``): that site decides.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import torch
 
 from saelab.models import LoadedModel, parse_hook_name
 from saelab.sae import SAE
+from saelab.splicing import target_hook
 
 #: float32 logit weights held at once: ``features x d_vocab`` values (64 MiB)
 FEATURE_CHUNK_VALUES = 1 << 24
@@ -23,9 +27,9 @@ RESIDUAL_KINDS = ("hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_a
 
 def residual_directions(lm: LoadedModel, sae: SAE, hook: str, features: list[int]) -> torch.Tensor | None:
     """Decoder rows of ``features`` in the residual stream ``[n_features, d_model]`` (float32), or None
-    when the hook has no linear path to the residual stream."""
-    point = parse_hook_name(hook, lm.n_layers, lm.name)
-    rows = sae.W_dec.detach()[features].float().cpu()                        # [F, d_in]
+    when the site the decoder writes has no linear path to the residual stream."""
+    point = parse_hook_name(target_hook(sae, hook), lm.n_layers, lm.name)
+    rows = sae.W_dec.detach()[features].float().cpu()                        # [F, d_out]
     if point.kind in RESIDUAL_KINDS:
         return rows
     if point.kind != "attn.hook_z":
@@ -43,9 +47,9 @@ def residual_directions(lm: LoadedModel, sae: SAE, hook: str, features: list[int
 
 
 def head_shares(lm: LoadedModel, sae: SAE, hook: str, features: list[int]) -> torch.Tensor | None:
-    """For ``attn.hook_z`` SAEs, each head's share of the decoder norm ``[n_features, n_heads]``
-    (h_{f,k} = ‖d_{f,k}‖ / Σ_j ‖d_{f,j}‖, Kissane et al. 2024); None for other sites."""
-    if parse_hook_name(hook, lm.n_layers, lm.name).kind != "attn.hook_z":
+    """For SAEs writing ``attn.hook_z``, each head's share of the decoder norm ``[n_features, n_heads]``
+    (h_{f,k} = ‖d_{f,k}‖ / Σ_j ‖d_{f,j}‖, Kissane et al. 2024); None when the decoder writes another site."""
+    if parse_hook_name(target_hook(sae, hook), lm.n_layers, lm.name).kind != "attn.hook_z":
         return None
     rows = sae.W_dec.detach()[features].float().cpu().reshape(len(features), lm.n_heads, lm.d_head)
     norms = rows.norm(dim=-1)

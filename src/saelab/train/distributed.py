@@ -20,15 +20,13 @@ activations, so the model runs once per token overall). Then, per ``TrainConfig.
 Rank 0 writes checkpoints and metrics (in ``"data"`` mode metrics lines are rank 0's slice, token
 counts global). A checkpoint holds the global state, so a run resumes on any number of ranks. The run
 folder must be on a filesystem every rank can read (one machine, or a shared filesystem across nodes).
+Joining the process group and the plain row/byte gathers live in ``saelab.parallel``.
 """
 
 from __future__ import annotations
 
 import json
-import logging
-import os
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any
 
 import torch
@@ -38,85 +36,9 @@ from safetensors.torch import save as save_safetensors_bytes
 from torch import Tensor
 
 from saelab.errors import ConfigError
+from saelab.parallel import active_world, comm_device, gather_bytes
 from saelab.sae.config import SAEConfig
 from saelab.train.config import PARALLEL_MODES
-
-logger = logging.getLogger("saelab.train")
-
-def launched_by_torchrun() -> bool:
-    """True when the environment describes a multi-process launch (torchrun sets WORLD_SIZE and RANK)."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and "RANK" in os.environ
-
-
-def init_from_env(device: str = "cpu", timeout_s: float = 1800.0) -> str:
-    """Join the process group torchrun describes (no-op when already joined); returns the device to use.
-
-    Backend: NCCL when ``device`` is CUDA, else gloo. On CUDA each process takes ``cuda:LOCAL_RANK``
-    (a ``device`` naming one GPU index is replaced by the local rank's GPU).
-    """
-    if dist.is_initialized():
-        return _local_device(device)
-    local = _local_device(device)
-    backend = "nccl" if local.startswith("cuda") else "gloo"
-    if backend == "nccl":
-        torch.cuda.set_device(torch.device(local))
-    dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
-    logger.info("rank %d of %d joined (%s, %s)", dist.get_rank(), dist.get_world_size(), backend, local)
-    return local
-
-
-def _local_device(device: str) -> str:
-    if device.startswith("cuda"):
-        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
-    return device
-
-
-def active_world() -> tuple[int, int]:
-    """(rank, world_size) of the default process group, (0, 1) when none is initialised."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def comm_device() -> torch.device:
-    """Where collective buffers must live: the current GPU under NCCL, else the CPU."""
-    if dist.is_initialized() and dist.get_backend() == "nccl":
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
-
-
-def all_gather_rows(x: Tensor, counts: list[int]) -> Tensor:
-    """Concatenate every rank's ``x [counts[rank], ...]`` in rank order, on every rank (sizes may differ)."""
-    rank, world = active_world()
-    if world == 1:
-        return x
-    longest = max(counts)
-    device = comm_device()
-    padded = torch.zeros((longest, *x.shape[1:]), dtype=x.dtype, device=device)
-    padded[:x.shape[0]] = x.to(device)
-    parts = [torch.empty_like(padded) for _ in range(world)]
-    dist.all_gather(parts, padded)
-    return torch.cat([part[:n] for part, n in zip(parts, counts, strict=True)]).to(x.device)
-
-
-def gather_bytes(payload: bytes) -> list[bytes]:
-    """Every rank's ``payload``, in rank order, on rank 0 (an empty list elsewhere)."""
-    rank, world = active_world()
-    if world == 1:
-        return [payload]
-    device = comm_device()
-    size = torch.tensor([len(payload)], dtype=torch.int64, device=device)
-    sizes = [torch.zeros_like(size) for _ in range(world)]
-    dist.all_gather(sizes, size)
-    lengths = [int(s) for s in sizes]
-    buf = torch.zeros(max(lengths), dtype=torch.uint8, device=device)
-    if payload:
-        buf[:len(payload)] = torch.frombuffer(bytearray(payload), dtype=torch.uint8).to(device)
-    parts = [torch.empty_like(buf) for _ in range(world)] if rank == 0 else None
-    dist.gather(buf, parts, dst=0)
-    if rank != 0:
-        return []
-    return [bytes(part[:n].cpu().numpy().tobytes()) for part, n in zip(parts, lengths, strict=True)]
 
 
 def tensors_to_bytes(tensors: dict[str, Tensor]) -> bytes:
