@@ -55,5 +55,5 @@ def test_spliced_toy_transcoders_recover_the_loss(trained, name):
     m = result.metrics
     assert m["fvu"] < 0.2
     # The error term puts the clean run back; the splice alone recovers most of what ablating the MLP loses.
-    assert m["ce_loss_recovered"] > 0.7, m
+    assert m["ce_loss_recovered"] > 0.9, m
     assert m["ce_spliced"] >= m["ce_clean"] - 1e-3

@@ -3,7 +3,9 @@
 Stages (each timed; all results in ``OUT/summary.json`` and a self-contained ``OUT/index.html``):
 
 1. train a JumpReLU SAE on an attention layer (``hook_z``) of the toy model;
-2. evaluate it by splicing it into the model (fidelity, sparsity, CE/KL recovered);
+2. evaluate it by splicing it into the model (fidelity, sparsity, CE/KL recovered); then train a TopK
+   transcoder that replaces layer 1's MLP (reads ``hook_resid_mid``, predicts ``hook_mlp_out``), spliced
+   the same way;
 3. a small fidelity–sparsity frontier of several architectures trained from one activation stream;
 4. feature recovery against the toy world's planted variables, with neuron and random baselines;
 5. feature dashboards for a few dozen latents;
@@ -38,6 +40,9 @@ class DemoConfig:
     l0_coefficient: float = 0.02
     seed: int = 0
     eval_tokens: int = 20_000
+    transcoder_hooks: tuple[str, str] = ("blocks.1.hook_resid_mid", "blocks.1.hook_mlp_out")  # MLP 1 in -> out
+    transcoder_k: int = 32
+    transcoder_tokens: int = 150_000
     frontier_archs: tuple[str, ...] = ("topk", "jumprelu", "relu")
     frontier_points: int = 2
     frontier_tokens: int = 200_000
@@ -54,6 +59,8 @@ class DemoConfig:
         check_range("dashboard_features", self.dashboard_features, 1, self.d_sae, integer=True)
         check_range("dashboard_tokens", self.dashboard_tokens, 256, integer=True)
         check_range("frontier_points", self.frontier_points, 1, integer=True)
+        check_range("transcoder_k", self.transcoder_k, 1, self.d_sae, integer=True)
+        check_range("transcoder_tokens", self.transcoder_tokens, 4096, integer=True)
         check_range("frontier_tokens", self.frontier_tokens, 4096, integer=True)
 
 
@@ -125,6 +132,33 @@ class Demo:
         section.image(plot_density_histogram(result.metrics, self.out / "eval" / "density_histogram.png"),
                       alt="log10 latent density")
         return metrics
+
+    def transcoder(self, section: Section) -> dict[str, Any]:
+        from saelab.data.store import TextSpec
+        from saelab.eval import EvalConfig, evaluate_sae
+        from saelab.train import DataSpec, RunSpec, TrainConfig, train_run
+
+        cfg = self.cfg
+        source, target = cfg.transcoder_hooks
+        steps = -(-cfg.transcoder_tokens // 1024)
+        train_cfg = TrainConfig(tokens=cfg.transcoder_tokens, batch_size=1024, lr=2e-3, lr_decay_steps=steps // 5,
+                                seed=cfg.seed, log_every=max(1, steps // 10))
+        spec = RunSpec.create([{"architecture": "topk", "hook_name": source, "hook_name_out": target,
+                                "d_sae": cfg.d_sae, "k": cfg.transcoder_k, "name": "transcoder"}], train_cfg,
+                              self.out / "transcoder",
+                              data=DataSpec(TextSpec(source=f"toy:{cfg.seed}"), seed=cfg.seed), lm=self.lm)
+        spec.save()
+        sae = train_run(spec, progress=self.progress, lm=self.lm)["transcoder"]
+        result = evaluate_sae(self.lm, sae, config=EvalConfig(tokens=cfg.eval_tokens // 2, progress=self.progress))
+        keys = ("l0", "fvu", "ce_clean", "ce_spliced", "ce_loss_recovered", "kl", "dead_fraction", "kl_with_error")
+        metrics = {k: result.metrics[k] for k in keys if k in result.metrics}
+        section.paragraph(f"A TopK transcoder (k {cfg.transcoder_k}, {cfg.d_sae} latents) reads {source} and predicts "
+                          f"{target}, trained on {train_cfg.total_steps * train_cfg.batch_size:,} tokens; spliced in "
+                          f"place of the MLP's output (read {source}, write {target} in one forward). FVU is "
+                          f"against the MLP's real output; CE recovered is against zero-ablating {target}.")
+        section.table([{"metric": k, "value": v} for k, v in metrics.items()])
+        return {"sae_dir": str(self.out / "transcoder" / "saes" / "transcoder"), "source": source,
+                "target": target, **metrics}
 
     def frontier(self, section: Section) -> dict[str, Any]:
         from saelab.eval import EvalConfig, SweepConfig, run_sweep
@@ -256,6 +290,7 @@ class Demo:
         started = time.perf_counter()
         self.stage("train", self.train, "1. Training a JumpReLU SAE on attention outputs")
         self.stage("evaluate", self.evaluate, "2. Fidelity and sparsity by splicing")
+        self.stage("transcoder", self.transcoder, "2b. A transcoder: the MLP of layer 1 replaced by sparse latents")
         self.stage("frontier", self.frontier, "3. A small fidelity–sparsity frontier")
         self.stage("recovery", self.recovery, "4. Feature recovery against planted variables")
         self.stage("dashboards", self.dashboards, "5. Feature dashboards")

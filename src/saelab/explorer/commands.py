@@ -31,16 +31,6 @@ def url_for(host: str, port: int) -> str:
     return f"http://[{shown}]:{port}/" if ":" in shown else f"http://{shown}:{port}/"
 
 
-def explore_command(sae_dirs: list[str], dashboards: list[str] = (), model: str = "toy") -> str:
-    """The command line that opens the explorer on ``sae_dirs`` (for the demo and docs to print)."""
-    parts = ["saelab", "explore", "--model", model]
-    for d in sae_dirs:
-        parts += ["--sae", str(d)]
-    for d in dashboards:
-        parts += ["--dashboard", str(d)]
-    return " ".join(parts)
-
-
 def register(subparsers) -> None:
     from saelab.explorer.service import ExplorerLimits
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from saelab.explorer.commands import explore_command
 from saelab.explorer.service import ExplorerLimits, ExplorerService
 from saelab.explorer.toy import train_toy_explorer_saes
 from saelab.fileio import atomic_write_json
@@ -21,6 +20,16 @@ from saelab.sae import SAE, save_sae
 
 SPAN = "target waters strict reset 38 Kevin at crop"
 PROMPT = f"The singer plays a song . {SPAN} {SPAN}"
+
+
+def explore_command(sae_dirs: list[str], dashboards: list[str] = (), model: str = "toy") -> str:
+    """The command line that opens the explorer on ``sae_dirs`` (for the demo and docs to print)."""
+    parts = ["saelab", "explore", "--model", model]
+    for d in sae_dirs:
+        parts += ["--sae", str(d)]
+    for d in dashboards:
+        parts += ["--dashboard", str(d)]
+    return " ".join(parts)
 
 
 def explorer_demo_stage(lm: LoadedModel, sae: SAE, out_dir: Path, section: Section, small: bool,

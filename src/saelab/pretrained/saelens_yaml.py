@@ -11,6 +11,7 @@ importing it.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import re
@@ -49,15 +50,24 @@ def _hook_from_id(sae_id: str) -> str:
 
 
 def read_saelens_yaml(path: str | os.PathLike) -> dict[str, Release]:
-    """SAELens' releases from ``path`` (``yaml.safe_load``); a file that is not its layout is refused."""
+    """SAELens' releases from ``path`` (``yaml.safe_load``, cached while the file is unchanged); a file
+    that is not its layout is refused."""
+    path = Path(path)
+    try:
+        stat = path.stat()
+    except OSError:
+        raise CorruptFileError(f"no SAELens registry file at {str(path)!r}") from None
+    return dict(_read(str(path), (stat.st_mtime_ns, stat.st_size)))
+
+
+@functools.lru_cache(maxsize=4)
+def _read(where: str, stamp: tuple[int, int]) -> dict[str, Release]:
     import yaml
 
-    path = Path(path)
-    where = str(path)
     try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise CorruptFileError(f"no SAELens registry file at {where!r}") from None
+        data = yaml.safe_load(Path(where).read_text())
+    except OSError as exc:
+        raise CorruptFileError(f"{where}: cannot be read ({exc})") from exc
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise CorruptFileError(f"{where}: not valid YAML ({exc})") from exc
     if isinstance(data, dict) and isinstance(data.get("SAE_LOOKUP"), dict):

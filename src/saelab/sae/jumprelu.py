@@ -44,7 +44,8 @@ class JumpReLUSAE(SAE):
     sparsity_option = "l0_coefficient"
     sweep_range = (5e-2, 1e-3)
     dense_at_init = True
-    saelens_names: ClassVar[dict[str, str]] = {"sae": "jumprelu", "transcoder": "jumprelu_transcoder"}
+    saelens_names: ClassVar[dict[str, str]] = {"sae": "jumprelu", "transcoder": "jumprelu_transcoder",
+                                               "skip_transcoder": "jumprelu_skip_transcoder"}
 
     def init_encoder(self, generator: torch.Generator | None) -> None:
         super().init_encoder(generator)

@@ -22,7 +22,8 @@ reconstruction is the same, the feature values saelab returns are the current ve
 
 from __future__ import annotations
 
-import zipfile
+import re
+import warnings
 from dataclasses import dataclass
 from itertools import accumulate
 from pathlib import Path
@@ -94,13 +95,17 @@ WRITES = {"relu": ("AutoEncoder", "AutoEncoderNew"), "gated": ("GatedAutoEncoder
 def load_state_dict(path: Path, where: str) -> dict[str, Tensor | Any]:
     """``ae.pt`` as a dict of tensors; pickled Python objects are refused (never unpickled)."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about the protocol of raw pickles before refusing them
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except UnpicklingError as exc:
-        raise CorruptFileError(f"{where}: {path.name} holds Python objects besides tensors; saelab refused to "
-                               f"unpickle it (it never unpickles downloaded files). A state dict saved with "
-                               f"torch.save(ae.state_dict(), path) loads. ({str(exc).splitlines()[0][:160]})") from None
-    except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile) as exc:
-        raise CorruptFileError(f"{where}: {path.name} is not a PyTorch state-dict file ({exc})") from None
+        named = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        raise CorruptFileError(f"{where}: {path.name} holds Python objects besides tensors"
+                               f"{f' ({named.group(1)})' if named else ''}; saelab refused to unpickle it (it never "
+                               "unpickles downloaded files). A state dict saved with torch.save(ae.state_dict(), path) "
+                               "loads") from None
+    except Exception as exc:  # not a torch.save file at all: torch raises many kinds of errors
+        raise CorruptFileError(f"{where}: {path.name} is not a PyTorch state-dict file ({type(exc).__name__})") from None
     if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
         raise CorruptFileError(f"{where}: {path.name} holds a {type(state).__name__}, not a state dict "
                                "(a dict of tensor names to tensors)")
@@ -189,10 +194,12 @@ def read(folder: Path, hints: Hints) -> Converted:
         fields["unit_norm_decoder"] = False  # the decoder norms are read as stored
     notes = [f"{name} -> {spec.architecture}" + (f"; hook from {found_by}: {hook}" if found_by else
                                                  "; no hook named (pass hook_name)")]
-    if spec.scalars:
-        _scalars_into(fields, tensors, state, trainer, spec, notes, where)
     metadata = {"model_name": hints.model or trainer.get("lm_name"), "source_format": "dictionary_learning",
                 "dict_class": name}
+    if spec.scalars:
+        _scalars_into(fields, tensors, state, trainer, spec, notes, where)
+        if spec.architecture == "topk":
+            metadata["topk_threshold"] = _scalar(state, "threshold", where)  # kept for writing it back
     return Converted(build_sae(fields, tensors, where), notes, {k: v for k, v in metadata.items() if v})
 
 
@@ -246,8 +253,8 @@ def write(item: Converted, folder: Path) -> Path:
         state = {k: (own[s].t() if t else own[s]).detach().cpu().contiguous() for k, (s, t) in spec.tensors.items()}
         if "k" in spec.scalars:
             state["k"] = torch.tensor(cfg.k, dtype=torch.int32)
-            state["threshold"] = torch.tensor(float(getattr(sae, "threshold", -1.0)) if cfg.architecture != "topk"
-                                              else -1.0, dtype=torch.float32)
+            threshold = metadata.get("topk_threshold", -1.0) if cfg.architecture == "topk" else sae.threshold
+            state["threshold"] = torch.tensor(float(threshold), dtype=torch.float32)
         if "group_sizes" in spec.scalars:
             ends = [0, *group_ends(cfg.group_fractions, cfg.d_sae)]
             state["group_sizes"] = torch.tensor([end - start for start, end in zip(ends, ends[1:], strict=False)])
