@@ -69,7 +69,9 @@ def memory_child(args) -> None:
     import torch.nn.functional as F
 
     from saelab.eval.downstream import LossSums, ScoredRun, score_runs, scored_predictions
-    from saelab.eval.splice import (
+    from saelab.models import load_model
+    from saelab.sae import SAEConfig, make_sae
+    from saelab.splicing import (
         mean_replacement,
         ordinary_token_mask,
         sae_replacement,
@@ -77,8 +79,6 @@ def memory_child(args) -> None:
         splice_edit,
         zero_replacement,
     )
-    from saelab.models import load_model
-    from saelab.sae import SAEConfig, make_sae
 
     lm = load_model(args.model)
     sae = make_sae(SAEConfig("topk", lm.d_model, 4096, hook_name=HOOK, k=32), seed=0).eval()

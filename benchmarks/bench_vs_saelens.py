@@ -330,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'architecture':24s} {'library':8s} {'tokens/s':>9s} {'ratio':>6s} {'FVU':>7s} {'L0':>7s}  target")
     for row in rows:
         label = f"{row['variant']} ({row['saelens_architecture']})" if row["variant"] == row["architecture"] \
-            else f"{row['variant']}"
+            else f"{row['architecture']} (SAELens sparse)"
         for lib in ("saelab", "saelens"):
             r = row[lib]
             ratio = f"{row['ratio']:6.2f}" if lib == "saelab" else f"{'1':>6s}"

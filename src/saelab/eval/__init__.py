@@ -33,8 +33,8 @@ from saelab.eval.evaluate import (
 from saelab.eval.plots import plot_density_histogram, plot_frontier
 from saelab.eval.recovery import NotToyModelError, RecoveryConfig, feature_recovery, planted_variables
 from saelab.eval.report import format_eval, format_recovery, format_sweep
-from saelab.eval.splice import SAEModelMismatchError, check_sae_fits, spliced_logits
 from saelab.eval.sweep import SweepConfig, matched_l0, run_sweep
+from saelab.splicing import SAEModelMismatchError, check_sae_fits, spliced_logits
 
 __all__ = [
     "DEFAULT_EVAL_SEED", "DEFAULT_EVAL_SOURCE", "EmptyEvaluationSetError", "EvalConfig", "EvalResult",

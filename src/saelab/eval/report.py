@@ -35,7 +35,10 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
 
 def format_eval(metrics: dict) -> str:
     """One SAE's evaluation: what was evaluated, then a table per section."""
-    head = (f"SAE {metrics['sae']} ({metrics['architecture']}, d_sae {metrics['d_sae']}) at {metrics['hook']} of "
+    site = metrics["hook"]
+    if metrics.get("hook_out") and metrics["hook_out"] != metrics["hook"]:
+        site = f"{site} -> {metrics['hook_out']} (transcoder)"
+    head = (f"SAE {metrics['sae']} ({metrics['architecture']}, d_sae {metrics['d_sae']}) at {site} of "
             f"{metrics['model']}; {metrics['n_tokens']} tokens, {metrics['n_predictions']} scored predictions")
     parts = [head]
     for title, keys in EVAL_SECTIONS:

@@ -6,7 +6,7 @@ explorer and Neuronpedia-style feature pages, offline, over any model and SAEs s
     service = ExplorerService.open("toy", ["runs/saes/attn_L3"])   # model and SAEs loaded once
     app = create_app(service)                                       # FastAPI; uvicorn.run(app, ...)
 
-Pieces: ``service`` (the computations, through saelab.interp / saelab.attention / saelab.eval.splice),
+Pieces: ``service`` (the computations, through saelab.interp / saelab.attention / saelab.splicing),
 ``schemas`` (pydantic bodies, the OpenAPI document), ``app`` (routes, limits, errors), ``static/`` (the
 page, no CDN), ``commands`` (``saelab explore``), ``demo_stage`` (the demo's walk-through).
 """

@@ -90,6 +90,7 @@ class LimitsInfo(BaseModel):
 class SAEInfo(BaseModel):
     name: str
     hook: str
+    hook_out: str  # the site the decoder writes: a transcoder's target, else ``hook``
     kind: Literal["attention", "residual", "other"]
     layer: int | None
     architecture: str

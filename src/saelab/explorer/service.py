@@ -295,7 +295,7 @@ class ExplorerService:
         return {
             "model": lm.name, "n_layers": lm.n_layers, "d_model": lm.d_model, "n_heads": lm.n_heads,
             "d_vocab": lm.d_vocab,
-            "saes": [{"name": e.name, "hook": e.hook, "kind": e.kind, "layer": e.layer,
+            "saes": [{"name": e.name, "hook": e.hook, "hook_out": e.hook_out or e.hook, "kind": e.kind, "layer": e.layer,
                       "architecture": e.sae.cfg.architecture, "d_in": e.sae.cfg.d_in, "d_sae": e.d_sae,
                       "dashboard_features": len(e.dashboard), "upstream": e.upstream} for e in self.saes.values()],
             "limits": {"max_prompt_chars": lim.max_prompt_chars, "max_prompt_tokens": self.max_tokens,

@@ -5,6 +5,15 @@ conventions, ``n_kv`` = key/value heads, equal to ``n_heads`` without grouped-qu
 
 - ``hook_resid_pre|hook_resid_mid|hook_resid_post``, ``hook_attn_out``, ``hook_mlp_out``:
   ``[batch, pos, d_model]``
+- ``ln1.hook_normalized``, ``hook_mlp_in``, ``ln2.hook_normalized``: ``[batch, pos, d_model]``, the
+  sub-layer inputs transcoders read. ``ln1.hook_normalized`` is the output of the norm before attention
+  (what q/k/v are projected from); ``hook_mlp_in`` the input of the norm before the MLP (resid_mid,
+  or resid_pre where attention and MLP run in parallel, GPT-NeoX's ``use_parallel_residual``);
+  ``ln2.hook_normalized`` that norm's output, exactly what the MLP reads (Gemma 2/3:
+  ``pre_feedforward_layernorm``). Both norms' outputs include their weights and biases (the Hugging
+  Face module's output; TransformerLens with ``fold_ln`` puts the weightless ``normalize(x)`` there).
+  Editing ``hook_mlp_in`` or ``ln2.hook_normalized`` changes only what the MLP sees (not the residual
+  stream its output is added to), ``ln1.hook_normalized`` only what attention sees.
 - ``attn.hook_q`` and ``attn.hook_z``: ``[batch, pos, n_heads, d_head]``;
   ``attn.hook_k`` and ``attn.hook_v``: ``[batch, pos, n_kv, d_head]`` (queries and keys before
   rotary embeddings, as in TransformerLens)
@@ -30,9 +39,13 @@ ATTN_PATTERN = "attn.hook_pattern"
 ATTN_OUT = "hook_attn_out"
 MLP_POST = "mlp.hook_post"
 MLP_OUT = "hook_mlp_out"
+LN1_NORMALIZED = "ln1.hook_normalized"
+MLP_IN = "hook_mlp_in"
+LN2_NORMALIZED = "ln2.hook_normalized"
 
 HOOK_KINDS: tuple[str, ...] = (
     RESID_PRE, RESID_MID, RESID_POST, ATTN_Q, ATTN_K, ATTN_V, ATTN_Z, ATTN_PATTERN, ATTN_OUT, MLP_POST, MLP_OUT,
+    LN1_NORMALIZED, MLP_IN, LN2_NORMALIZED,
 )
 HEAD_KINDS = frozenset({ATTN_Q, ATTN_K, ATTN_V, ATTN_Z})
 
@@ -59,7 +72,7 @@ class HookPoint:
 
 
 def all_hook_names(n_layers: int) -> list[str]:
-    """Every hook name of a model with ``n_layers`` blocks, block by block in forward order."""
+    """Every hook name of a model with ``n_layers`` blocks, block by block (``HOOK_KINDS`` order within one)."""
     return [f"blocks.{layer}.{kind}" for layer in range(n_layers) for kind in HOOK_KINDS]
 
 

@@ -20,10 +20,13 @@ from saelab.models.adapters import Adapter
 
 EditFn = Callable[[torch.Tensor], "torch.Tensor | None"]
 
-FORWARD_ORDER = {
-    H.RESID_PRE: 0, H.ATTN_Q: 1, H.ATTN_K: 2, H.ATTN_V: 3, H.ATTN_PATTERN: 4, H.ATTN_Z: 5,
-    H.ATTN_OUT: 6, H.RESID_MID: 7, H.MLP_POST: 8, H.MLP_OUT: 9, H.RESID_POST: 10,
-}
+#: hook kind -> when it fires within a block. In GPT-NeoX's parallel layout the MLP's norm reads
+#: resid_pre, yet Hugging Face runs it after attention, so ``hook_mlp_in``/``ln2.hook_normalized``
+#: come after ``hook_resid_mid`` there too (an edit of resid_pre reaches them; one of resid_mid does not).
+FORWARD_ORDER = {kind: i for i, kind in enumerate((
+    H.RESID_PRE, H.LN1_NORMALIZED, H.ATTN_Q, H.ATTN_K, H.ATTN_V, H.ATTN_PATTERN, H.ATTN_Z, H.ATTN_OUT,
+    H.RESID_MID, H.MLP_IN, H.LN2_NORMALIZED, H.MLP_POST, H.MLP_OUT, H.RESID_POST,
+))}
 
 
 class StopForward(Exception):
