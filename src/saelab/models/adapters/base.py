@@ -103,6 +103,8 @@ class Adapter(ABC):
     out_proj_name: str = ""        # attention output projection: hook_z is its input
     mlp_out_proj_name: str = ""    # MLP output projection: mlp.hook_post is its input
     proj_arg_name: str = "input"   # keyword name of those projections' input
+    attn_norm_name: str = ""       # norm before attention: ln1.hook_normalized is its output
+    mlp_norm_name: str = ""        # norm before the MLP: hook_mlp_in its input, ln2.hook_normalized its output
 
     @abstractmethod
     def qkv_site(self, attn: nn.Module, kind: str) -> Site:
@@ -136,6 +138,12 @@ class Adapter(ABC):
             return OutputSite(self.attn_contribution_module(block))
         if kind == H.RESID_MID:
             return ResidMidSite(block, self.attn_contribution_module(block))
+        if kind == H.LN1_NORMALIZED:
+            return OutputSite(self.norm_module("attn", point.layer))
+        if kind == H.MLP_IN:
+            return InputSite(self.norm_module("mlp", point.layer))
+        if kind == H.LN2_NORMALIZED:
+            return OutputSite(self.norm_module("mlp", point.layer))
         if kind == H.MLP_POST:
             return InputSite(get_module(block, self.mlp_out_proj_name), arg_name=self.proj_arg_name)
         return OutputSite(self.mlp_contribution_module(block))
@@ -175,9 +183,21 @@ class Adapter(ABC):
     def out_projection(self, layer: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``W_O [n_heads, d_head, d_model]`` and ``b_O [d_model]`` (None where absent)."""
 
-    @abstractmethod
+    def norm_module(self, which: str, layer: int | None = None) -> nn.Module:
+        """The norm module ``which`` of block ``layer``: ``"attn"`` (before attention), ``"mlp"`` (before
+        the MLP; Gemma 2/3: ``pre_feedforward_layernorm``) or ``"final"`` (no layer)."""
+        if which == "final":
+            return self.final_norm_module()
+        name = {"attn": self.attn_norm_name, "mlp": self.mlp_norm_name}[which]
+        return get_module(self.blocks()[layer], name)
+
     def norm_spec(self, which: str, layer: int | None = None) -> NormSpec:
-        """``which``: ``"attn"`` (before attention), ``"mlp"`` (before the MLP) or ``"final"``."""
+        """``norm_module(which, layer)`` as data (``which``: ``"attn"``, ``"mlp"`` or ``"final"``)."""
+        return self.spec_of_norm(self.norm_module(which, layer))
+
+    @abstractmethod
+    def spec_of_norm(self, module: nn.Module) -> NormSpec:
+        """One of this family's norm modules as a ``NormSpec``."""
 
     def qk_norm_spec(self, layer: int) -> tuple[NormSpec, NormSpec] | None:
         """Per-head norms applied to queries and keys after ``hook_q``/``hook_k`` (Gemma 3), else None."""

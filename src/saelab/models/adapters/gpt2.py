@@ -4,7 +4,8 @@ stored ``[d_in, d_out]``.
 Sites: ``hook_resid_pre`` input of ``h[L]``; ``hook_resid_post`` its output; ``attn.hook_q|k|v`` slices
 of ``attn.c_attn``'s output; ``attn.hook_z`` input of ``attn.c_proj``; ``hook_attn_out`` output of
 ``attn`` (after ``resid_dropout``); ``hook_resid_mid`` = resid_pre + attn_out; ``mlp.hook_post``
-input of ``mlp.c_proj``; ``hook_mlp_out`` output of ``mlp``.
+input of ``mlp.c_proj``; ``hook_mlp_out`` output of ``mlp``; ``ln1.hook_normalized`` output of
+``ln_1``; ``hook_mlp_in`` input of ``ln_2`` (= resid_mid) and ``ln2.hook_normalized`` its output.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from saelab.models.sites import OutputSite, slice_heads_view
 class GPT2Adapter(Adapter):
     family = "gpt2"
     attn_name, out_proj_name, mlp_out_proj_name, proj_arg_name = "attn", "c_proj", "mlp.c_proj", "x"
+    attn_norm_name, mlp_norm_name = "ln_1", "ln_2"
 
     def blocks(self) -> nn.ModuleList:
         return get_module(self.model, "transformer.h")
@@ -54,8 +56,5 @@ class GPT2Adapter(Adapter):
         W = proj.weight.detach().unflatten(0, (self.n_heads, self.d_head))  # [n_heads, d_head, d_model]
         return W, None if proj.bias is None else proj.bias.detach()
 
-    def norm_spec(self, which: str, layer: int | None = None) -> NormSpec:
-        if which == "final":
-            return layer_norm_spec(self.final_norm_module())
-        name = {"attn": "ln_1", "mlp": "ln_2"}[which]
-        return layer_norm_spec(get_module(self.blocks()[layer], name))
+    def spec_of_norm(self, module: nn.Module) -> NormSpec:
+        return layer_norm_spec(module)

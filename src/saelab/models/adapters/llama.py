@@ -6,7 +6,11 @@ heads), RMSNorm, gated MLP (``down_proj(act(gate_proj(x)) * up_proj(x))``), rota
 Sites: ``hook_resid_pre`` input of ``model.layers[L]``; ``hook_resid_post`` its output;
 ``attn.hook_q|k|v`` outputs of ``self_attn.q_proj|k_proj|v_proj`` (before rotary, as in
 TransformerLens); ``attn.hook_z`` input of ``self_attn.o_proj``; ``mlp.hook_post`` input of
-``mlp.down_proj``; ``hook_attn_out`` output of ``self_attn`` and ``hook_mlp_out`` output of ``mlp``.
+``mlp.down_proj``; ``hook_attn_out`` output of ``self_attn`` and ``hook_mlp_out`` output of ``mlp``;
+``ln1.hook_normalized`` output of ``input_layernorm``; ``hook_mlp_in`` input of the MLP's norm
+(= resid_mid) and ``ln2.hook_normalized`` its output: ``post_attention_layernorm`` in Llama and
+Gemma, ``pre_feedforward_layernorm`` in Gemma 2/3 (``mlp_norm_name``; there ``post_attention_layernorm``
+normalises the attention output instead).
 
 Gemma scales RMSNorm by ``1 + weight`` and the embeddings by ``sqrt(d_model)`` (inside the embedding
 module, so ``hook_resid_pre`` of block 0 is the scaled embedding). Gemma 2 also normalises each
@@ -39,7 +43,7 @@ from saelab.models.sites import OutputSite, heads_view
 class LlamaAdapter(Adapter):
     family = "llama"
     norm_offset = 0.0  # RMSNorm multiplies by weight + norm_offset
-    mlp_norm_name = "post_attention_layernorm"
+    attn_norm_name, mlp_norm_name = "input_layernorm", "post_attention_layernorm"
     attn_name, out_proj_name, mlp_out_proj_name = "self_attn", "o_proj", "mlp.down_proj"
     decoder_path = "model"  # the module holding ``layers`` and ``norm``
 
@@ -81,11 +85,8 @@ class LlamaAdapter(Adapter):
         W = o_proj.weight.detach().T.unflatten(0, (self.n_heads, self.d_head))
         return W, None if o_proj.bias is None else o_proj.bias.detach()
 
-    def norm_spec(self, which: str, layer: int | None = None) -> NormSpec:
-        if which == "final":
-            return rms_norm_spec(self.final_norm_module(), offset=self.norm_offset)
-        name = {"attn": "input_layernorm", "mlp": self.mlp_norm_name}[which]
-        return rms_norm_spec(get_module(self.blocks()[layer], name), offset=self.norm_offset)
+    def spec_of_norm(self, module: nn.Module) -> NormSpec:
+        return rms_norm_spec(module, offset=self.norm_offset)
 
 
 class GemmaAdapter(LlamaAdapter):

@@ -5,12 +5,18 @@ Sites: ``hook_resid_pre`` input of ``layers[L]``; ``hook_resid_post`` its output
 per-head slices of ``attention.query_key_value``'s output (before rotary, like TransformerLens);
 ``attn.hook_z`` input of ``attention.dense``; ``hook_attn_out`` output of ``post_attention_dropout``
 (exactly what the block adds); ``mlp.hook_post`` input of ``mlp.dense_4h_to_h``; ``hook_mlp_out``
-output of ``post_mlp_dropout``.
+output of ``post_mlp_dropout``; ``ln1.hook_normalized`` output of ``input_layernorm``;
+``hook_mlp_in`` input of ``post_attention_layernorm`` (the MLP's norm, despite its name) and
+``ln2.hook_normalized`` its output.
 
 ``hook_resid_mid`` is ``resid_pre + attn_out`` in both layouts. With ``use_parallel_residual``
 (Pythia's default) the block computes ``resid_pre + attn_out + mlp_out`` and its MLP reads
 ``resid_pre``, so resid_mid is the residual stream with the attention contribution added and the
-MLP's not yet: writing it changes what the block outputs but not what its MLP reads.
+MLP's not yet: writing it changes what the block outputs but not what its MLP reads. There
+``hook_mlp_in`` is resid_pre (as in TransformerLens), and ``ln2.hook_normalized`` is the MLP's norm
+of resid_pre; both still fire after attention (Hugging Face runs the MLP second), so they come after
+``hook_resid_mid`` in forward order. Sequential (``use_parallel_residual=False``): ``hook_mlp_in`` is
+resid_mid, as in GPT-2.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from saelab.models.sites import OutputSite, interleaved_heads_view
 class NeoXAdapter(Adapter):
     family = "gpt_neox"
     attn_name, out_proj_name, mlp_out_proj_name = "attention", "dense", "mlp.dense_4h_to_h"
+    attn_norm_name, mlp_norm_name = "input_layernorm", "post_attention_layernorm"
 
     def __init__(self, model: nn.Module):
         super().__init__(model)
@@ -75,8 +82,5 @@ class NeoXAdapter(Adapter):
         W = dense.weight.detach().T.unflatten(0, (self.n_heads, self.d_head))
         return W, None if dense.bias is None else dense.bias.detach()
 
-    def norm_spec(self, which: str, layer: int | None = None) -> NormSpec:
-        if which == "final":
-            return layer_norm_spec(self.final_norm_module())
-        name = {"attn": "input_layernorm", "mlp": "post_attention_layernorm"}[which]
-        return layer_norm_spec(get_module(self.blocks()[layer], name))
+    def spec_of_norm(self, module: nn.Module) -> NormSpec:
+        return layer_norm_spec(module)
