@@ -31,9 +31,6 @@ RELEASE_FIELDS = ("repo_id", "model", "format", "saes")
 SAE_FIELDS = ("id", "path", "hook_name", "architecture", "d_in", "d_sae", "l0", "neuronpedia_id")
 INHERITED = ("architecture", "d_in", "d_out")  # an SAE takes these from its release unless it sets them
 OPTIONAL = {"hook_name_out": "", "skip_connection": False, "d_out": None}
-# Hook kinds published SAEs read that saelab's model adapters do not expose yet (TransformerLens names):
-# the MLP's normalised input, read by MLP transcoders.
-SITES_WITHOUT_ADAPTER = ("ln1.hook_normalized", "ln2.hook_normalized")
 
 
 class UnknownReleaseError(SaelabError):
@@ -185,9 +182,6 @@ def check_hooks(entry: dict[str, Any], model: dict[str, Any], model_name: str, w
         hook = entry.get(key) or ""
         if not hook and key == "hook_name_out":
             continue
-        parts = hook.split(".", 2)
-        if len(parts) == 3 and parts[2] in SITES_WITHOUT_ADAPTER and parts[1].isdigit():
-            hook = f"blocks.{parts[1]}.hook_resid_mid"  # check the layer; the site itself is listed above
         try:
             parse_hook_name(hook, model["n_layers"], model_name)
         except UnknownHookError as exc:
