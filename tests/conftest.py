@@ -7,8 +7,8 @@ import os
 import pytest
 from hypothesis import HealthCheck, settings
 
-from saelab.models import LoadedModel
-from saelab.models.tiny import tiny_model, torch_threads
+from saelab.models import LoadedModel, load_model
+from saelab.models.tiny import TINY_FAMILIES, tiny_model, torch_threads
 
 # Property-test budgets: ``ci`` (default, the same inputs every run) and ``long`` (on demand:
 # ``pytest --hypothesis-profile=long`` or ``SAELAB_HYPOTHESIS_PROFILE=long``).
@@ -32,3 +32,24 @@ def tiny_gpt2_with_toy_tokenizer() -> LoadedModel:
 
     tokenizer = build_hf_tokenizer()
     return LoadedModel.from_hf(tiny_model("gpt2", vocab_size=len(tokenizer)), tokenizer, name="tiny-gpt2")
+
+
+@pytest.fixture(scope="module", params=(*TINY_FAMILIES, "toy"))
+def every_family(request) -> LoadedModel:
+    """A tiny random model of each supported family (built from its config), and the bundled toy model."""
+    if request.param == "toy":
+        return load_model("toy")
+    return LoadedModel.from_hf(tiny_model(request.param), name=f"tiny-{request.param}")
+
+
+@pytest.fixture
+def offline_cache(tmp_path, monkeypatch):
+    """An empty Hugging Face cache with the hub in offline mode (``HF_HUB_OFFLINE=1``)."""
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hf-cache"
+    cache.mkdir()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    return cache

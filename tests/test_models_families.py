@@ -7,24 +7,19 @@ import pytest
 import torch
 
 from saelab.errors import SaelabError
-from saelab.models import LoadedModel, UnknownHookError, load_model
+from saelab.models import LoadedModel, UnknownHookError
 from saelab.models.hook_points import HOOK_KINDS
-from saelab.models.tiny import TINY_FAMILIES, tiny_model, torch_threads
 
 SEQ = 12
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    with torch_threads(1):
-        yield
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-@pytest.fixture(scope="module", params=(*TINY_FAMILIES, "toy"))
-def lm(request) -> LoadedModel:
-    if request.param == "toy":
-        return load_model("toy")
-    return LoadedModel.from_hf(tiny_model(request.param), name=f"tiny-{request.param}")
+@pytest.fixture(scope="module")
+def lm(every_family) -> LoadedModel:
+    """Each tiny family from its config, and the toy model."""
+    return every_family
 
 
 def middle_and_last(lm: LoadedModel) -> tuple[int, int]:

@@ -12,7 +12,6 @@ import torch
 from saelab.models import LoadedModel, UnknownHookError, load_model
 from saelab.models import hook_points as H
 from saelab.models.hooking import FORWARD_ORDER
-from saelab.models.tiny import TINY_FAMILIES, tiny_model, torch_threads
 from saelab.sae import SAEConfig, make_sae
 from saelab.splicing import (
     SAEModelMismatchError,
@@ -29,17 +28,13 @@ NEW_KINDS = (H.LN1_NORMALIZED, H.MLP_IN, H.LN2_NORMALIZED)
 Edit = Callable[[torch.Tensor], torch.Tensor]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    with torch_threads(1):
-        yield
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-@pytest.fixture(scope="module", params=(*TINY_FAMILIES, "toy"))
-def lm(request) -> LoadedModel:
-    if request.param == "toy":
-        return load_model("toy")
-    return LoadedModel.from_hf(tiny_model(request.param), name=f"tiny-{request.param}")
+@pytest.fixture(scope="module")
+def lm(every_family) -> LoadedModel:
+    """Each tiny family from its config, and the toy model."""
+    return every_family
 
 
 @pytest.fixture(scope="module")

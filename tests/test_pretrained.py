@@ -589,17 +589,6 @@ def hf_cache_snapshot(cache, repo_id):
     return repo / "snapshots" / commit
 
 
-@pytest.fixture
-def offline_cache(tmp_path, monkeypatch):
-    from huggingface_hub import constants
-
-    cache = tmp_path / "hf-cache"
-    cache.mkdir()
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
-    return cache
-
 
 def test_offline_loads_from_the_cache_and_an_empty_cache_is_a_clear_error(tiny_registry, offline_cache):
     with pytest.raises(HubError, match=r"not in the Hugging Face cache .*HF_HUB_OFFLINE=1"):

@@ -22,17 +22,6 @@ pytestmark = pytest.mark.real
 RELEASE, SAE_ID = "gemma-scope-2-270m-pt-res-all", "layer_6_width_16k_l0_small"
 
 
-@pytest.fixture
-def offline_cache(tmp_path, monkeypatch):
-    from huggingface_hub import constants
-
-    cache = tmp_path / "hf-cache"
-    cache.mkdir()
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
-    return cache
-
 
 def test_a_gemma_scope_2_folder_from_a_saelab_sae_loads_by_release_and_splices_the_same(tmp_path, offline_cache,
                                                                                        capsys):
