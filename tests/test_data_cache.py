@@ -86,6 +86,23 @@ def test_reader_shuffles_every_row_once_resumes_and_normalises(written):
         ActivationCache(folder, hooks=["blocks.0.hook_resid_pre"])
 
 
+def test_a_repeating_reader_reshuffles_each_pass_and_resumes_inside_any_pass(written):
+    folder, _ = written
+    once = list(ActivationCache(folder, batch_size=100, normalization="none").iter_batches())
+    cache = ActivationCache(folder, batch_size=100, normalization="none", repeat=True)
+    batches = list(itertools.islice(cache.iter_batches(), 25))  # 10 per pass: 2.5 passes
+    first, second = batches[:10], batches[10:20]
+    assert all(torch.equal(a[h], b[h]) for a, b in zip(first, once, strict=True) for h in HOOKS)  # pass 0 = one pass
+    rows = [torch.cat([b[HOOKS[1]] for b in part]) for part in (first, second)]
+    assert sorted(map(tuple, rows[0].tolist())) == sorted(map(tuple, rows[1].tolist()))  # same rows...
+    assert not torch.equal(rows[0], rows[1])  # ...in a new order
+    for start in (4, 13, 21):
+        resumed = list(itertools.islice(cache.iter_batches(start_batch=start), 25 - start))
+        assert all(torch.equal(a[h], b[h]) for a, b in zip(resumed, batches[start:], strict=True) for h in HOOKS)
+    with pytest.raises(ConfigError, match="fewer than one batch of 5000"):
+        next(ActivationCache(folder, batch_size=5000, repeat=True).iter_batches())
+
+
 def test_interrupted_run_resumes_without_duplicates_or_gaps(lm, written, tmp_path, monkeypatch):
     reference, _ = written
     real_save = cache_module.atomic_save_safetensors

@@ -8,6 +8,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from saelab.errors import ConfigError
@@ -15,7 +16,10 @@ from saelab.eval.evaluate import EvalConfig
 from saelab.eval.sweep import (
     SweepConfig,
     matched_l0,
+    run_seeded_sweep,
     run_sweep,
+    seed_matched_l0,
+    seed_spread_rows,
     sparsity_settings,
     sweep_sae_configs,
     table_csv,
@@ -98,3 +102,50 @@ def test_a_tiny_sweep_trains_from_one_stream_and_writes_table_and_plots(tmp_path
     for key in ("delta_loss_plot", "fvu_plot"):
         assert files[key].read_bytes()[:8] == PNG_MAGIC
     assert result["matched_l0"] and "order_by_delta_loss" in result["matched_l0"][0]
+
+
+def test_seed_spread_rows_give_mean_and_sample_sd_per_point():
+    seeds = [[row("relu", 10, 0.5, fvu=0.2) | {"name": "relu.a"}], [row("relu", 14, 0.7, fvu=0.4) | {"name": "relu.a"}],
+             [row("relu", 12, 0.6, fvu=None) | {"name": "relu.a"}]]
+    (point,) = seed_spread_rows(seeds)
+    assert point["n_seeds"] == 3 and point["l0"] == pytest.approx(12.0) and point["l0_std"] == pytest.approx(2.0)
+    assert point["delta_loss"] == pytest.approx(0.6) and point["delta_loss_std"] == pytest.approx(0.1)
+    assert point["fvu"] == pytest.approx(0.3) and point["fvu_min"] == 0.2 and point["fvu_max"] == 0.4  # None skipped
+
+
+def test_seeded_matched_l0_reports_each_seeds_order_at_the_means_l0_values():
+    def sweep(shift):
+        return [row("relu", 4, 1.0 + shift) | {"name": "relu.a"}, row("relu", 64, 0.2 + shift) | {"name": "relu.b"},
+                row("topk", 4, 0.9) | {"name": "topk.a"}, row("topk", 64, 0.25) | {"name": "topk.b"}]
+
+    per_seed = [sweep(0.0), sweep(0.0), sweep(0.3)]  # the third seed's relu is worse everywhere
+    matched = seed_matched_l0(seed_spread_rows(per_seed), per_seed)
+    last = matched[-1]  # L0 64: mean relu 0.3 > topk 0.25
+    assert last["order_by_delta_loss"] == ["topk", "relu"]
+    assert last["seed_orders"] == [["relu", "topk"], ["relu", "topk"], ["topk", "relu"]]
+    assert last["order_agreement"] == pytest.approx(1 / 3)
+    assert last["values"]["relu"]["delta_loss_std"] == pytest.approx(np.std([0.2, 0.2, 0.5], ddof=1))
+
+
+def test_a_seeded_sweep_runs_each_seed_in_its_folder_and_plots_spreads(tmp_path):
+    from saelab.toy.tokenizer import build_hf_tokenizer
+
+    tokenizer = build_hf_tokenizer()
+    lm = LoadedModel.from_hf(tiny_model("gpt2", vocab_size=len(tokenizer)), tokenizer, name="tiny-gpt2")
+    config = SweepConfig(hook=HOOK, archs=("topk",), points=2, expansion=2, train_tokens=512, batch_size=256,
+                         context_size=32, ranges={"topk": (2, 8)}, adam_betas=(0.0, 0.999),
+                         eval=EvalConfig(tokens=256, check_error_term=False), progress=False)
+    with torch_threads(1):
+        result = run_seeded_sweep(lm, config, [0, 1], tmp_path)
+    assert result["seeds"] == [0, 1] and [r["n_seeds"] for r in result["rows"]] == [2, 2]
+    per_seed = [json.loads((tmp_path / f"seed{s}" / "sweep.json").read_text()) for s in (0, 1)]
+    assert [p["config"]["seed"] for p in per_seed] == [0, 1] and per_seed[0]["config"]["adam_betas"] == [0.0, 0.999]
+    fvus = [p["rows"][0]["fvu"] for p in per_seed]
+    assert fvus[0] != fvus[1] and result["rows"][0]["fvu"] == pytest.approx(np.mean(fvus))
+    for key in ("delta_loss_plot", "fvu_plot"):
+        assert Path(result["files"][key]).read_bytes()[:8] == PNG_MAGIC
+    assert all(Path(p).read_bytes()[:8] == PNG_MAGIC for p in result["files"]["training_curves"])
+    with pytest.raises(ConfigError, match="each once"):
+        run_seeded_sweep(lm, config, [1, 1], tmp_path / "bad")
+    with pytest.raises(ConfigError, match="adam_betas"):
+        SweepConfig(hook=HOOK, adam_betas=(0.9, 1.0))

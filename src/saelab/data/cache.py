@@ -284,6 +284,9 @@ def write_activation_cache(lm: LoadedModel, source: Source, hooks: Iterable[str]
     return manifest
 
 
+EPOCH_SEED_STRIDE = 1_000_003  # seed offset of each further pass of a repeating cache
+
+
 # --- reading ---------------------------------------------------------------------------------------
 class ActivationCache:
     """Read a cache folder; ``iter_batches`` yields shuffled ``{hook: Tensor[batch_size, d_in]}``.
@@ -291,12 +294,15 @@ class ActivationCache:
     Shards are visited in a seeded random order, ``shards_per_buffer`` at a time, and the rows of
     each group are shuffled together (``saelab.data.shuffle``). ``normalization`` as in
     ``StoreConfig``; the factors come from the manifest's exact sums over the whole cache.
+    ``repeat``: after one pass start another, reshuffled (epoch ``e`` uses seed ``seed + e * EPOCH_SEED_STRIDE``;
+    epoch 0 is the single pass), so a run may train on more tokens than the cache holds; batch ``i``
+    is the same batch whether or not the iteration restarted in between.
     """
 
     def __init__(self, path: str | os.PathLike, *, hooks: Iterable[str] | None = None, batch_size: int = 4096,
                  seed: int = 0, shards_per_buffer: int = 4, shuffle: bool = True, device: str | torch.device = "cpu",
                  dtype: str | None = None, normalization: str = "unit_mean_squared_norm", verify: bool = True,
-                 drop_last: bool = True):
+                 drop_last: bool = True, repeat: bool = False):
         self.folder = Path(path)
         self.manifest = read_manifest(self.folder)
         available = list(self.manifest["hooks"])
@@ -313,6 +319,7 @@ class ActivationCache:
             check_choice("dtype", dtype, ("float32", "float16", "bfloat16", "float64"))
         self.batch_size, self.seed, self.shards_per_buffer = int(batch_size), int(seed), int(shards_per_buffer)
         self.shuffle, self.verify_on_load, self.drop_last = bool(shuffle), bool(verify), bool(drop_last)
+        self.repeat = bool(repeat)
         self.device = torch.device(device)
         self.dtype = getattr(torch, dtype or self.manifest["dtype"])
         self.normalization = normalization
@@ -396,18 +403,38 @@ class ActivationCache:
 
         return load
 
-    def shard_order(self) -> list[int]:
+    def shard_order(self, seed: int | None = None) -> list[int]:
         if not self.shuffle:
             return list(range(len(self.shards)))
-        return torch.randperm(len(self.shards), generator=chunk_generator(self.seed, 0, stream=1)).tolist()
+        seed = self.seed if seed is None else seed
+        return torch.randperm(len(self.shards), generator=chunk_generator(seed, 0, stream=1)).tolist()
 
     def iter_batches(self, start_batch: int = 0) -> Iterator[dict[str, torch.Tensor]]:
         """Batches ``{hook: Tensor[batch_size, d_in]}`` from batch ``start_batch`` on (one pass over the
-        cache); identical to the batches an uninterrupted iteration yields at those indices."""
-        order = self.shard_order()
+        cache, or endless passes with ``repeat``); identical to the batches an uninterrupted iteration
+        yields at those indices."""
+        check_range("start_batch", start_batch, 0, None, integer=True)
+        if not self.repeat:
+            return self._one_pass(self.seed, start_batch)
+        per_epoch = self.n_tokens // self.batch_size
+        if per_epoch == 0:
+            raise ConfigError(f"cache {str(self.folder)!r} holds {self.n_tokens} rows, fewer than one batch of "
+                              f"{self.batch_size}; lower batch_size or write a larger cache")
+        return self._epochs(per_epoch, start_batch)
+
+    def _epochs(self, per_epoch: int, start_batch: int) -> Iterator[dict[str, torch.Tensor]]:
+        epoch, offset = divmod(start_batch, per_epoch)
+        while True:
+            passes = self._one_pass(self.seed + epoch * EPOCH_SEED_STRIDE, offset)
+            for _, batch in zip(range(per_epoch - offset), passes, strict=False):
+                yield batch
+            epoch, offset = epoch + 1, 0
+
+    def _one_pass(self, seed: int, start_batch: int) -> Iterator[dict[str, torch.Tensor]]:
+        order = self.shard_order(seed)
         groups = [order[i:i + self.shards_per_buffer] for i in range(0, len(order), self.shards_per_buffer)]
         chunks = (Chunk(sum(self.shards[i]["n_tokens"] for i in g), self._group_loader(g)) for g in groups)
-        return shuffled_batches(chunks, self.batch_size, self.seed, start_batch, shuffle=self.shuffle,
+        return shuffled_batches(chunks, self.batch_size, seed, start_batch, shuffle=self.shuffle,
                                 drop_last=self.drop_last)
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:

@@ -71,6 +71,10 @@ def register(subparsers) -> None:
     sw.add_argument("--range", action="append", default=[], metavar="ARCH=SPARSEST:DENSEST",
                     help="sparsity knob range of one architecture: k, l1 or l0 coefficient (repeatable)")
     sw.add_argument("--seed", type=int, default=0, help="data order and initialisation seed")
+    sw.add_argument("--seeds", default=None, metavar="S1,S2,...",
+                    help="run the sweep once per seed (OUT/seedS) and report mean and spread over seeds")
+    sw.add_argument("--adam-betas", default="0.9,0.999", metavar="B1,B2",
+                    help="Adam betas (default 0.9,0.999; Gemma Scope used 0,0.999)")
     sw.add_argument("--context-size", type=int, default=128, help="tokens per window (default 128)")
     sw.add_argument("--train-source", default="toy:0", help="training data (default toy:0)")
     sw.add_argument("--cache", default=None, help="train from this activation-cache folder instead")
@@ -217,6 +221,14 @@ def _pairs(items: list[str], what: str, parse) -> dict:
     return out
 
 
+def _floats(text: str, flag: str) -> tuple[float, ...]:
+    """``"0.9,0.999"`` -> ``(0.9, 0.999)``, or a ``ConfigError`` naming ``flag``."""
+    try:
+        return tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise ConfigError(f"{flag} {text!r} must be comma-separated numbers, e.g. 0.9,0.999") from None
+
+
 def _range(text: str) -> tuple[float, float]:
     lo, sep, hi = text.partition(":")
     if not sep:
@@ -227,7 +239,7 @@ def _range(text: str) -> tuple[float, float]:
 def run_sweep_command(args: argparse.Namespace) -> int:
     from saelab.eval.evaluate import EvalConfig, resolve_source
     from saelab.eval.report import format_sweep
-    from saelab.eval.sweep import SweepConfig, run_sweep
+    from saelab.eval.sweep import SweepConfig, run_seeded_sweep, run_sweep
     from saelab.models import load_model
 
     _setup_threads(args)
@@ -235,17 +247,21 @@ def run_sweep_command(args: argparse.Namespace) -> int:
         hook=args.hook, archs=args.archs, points=args.points, d_sae=args.d_sae, expansion=args.expansion,
         ranges=_pairs(args.range, "--range", _range), lrs=_pairs(args.lr_for, "--lr-for", float),
         train_tokens=args.train_tokens, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-        context_size=args.context_size, train_source=args.train_source, eval_source=args.eval_source,
+        adam_betas=_floats(args.adam_betas, "--adam-betas"), context_size=args.context_size, train_source=args.train_source, eval_source=args.eval_source,
         eval=EvalConfig(tokens=args.eval_tokens, check_error_term=args.check_error_term),
         progress=not args.no_progress)
     if args.cache is None and resolve_source(config.train_source).dataset_path == \
             resolve_source(config.eval_source).dataset_path:
         raise ConfigError(f"--train-source and --eval-source are both {config.train_source!r}; evaluate on held-out "
                           "data (e.g. another toy seed)")
+    seeds = None if args.seeds is None else [int(v) for v in _floats(args.seeds, "--seeds")]
     lm = load_model(args.model, device=args.device)
-    result = run_sweep(lm, config, args.out, cache=args.cache, resume=args.resume)
-    for row in result["rows"]:
-        _warn("sweep", [f"{row['name']}: {w}" for w in row["warnings"]])
+    if seeds is None:
+        result = run_sweep(lm, config, args.out, cache=args.cache, resume=args.resume)
+        for row in result["rows"]:
+            _warn("sweep", [f"{row['name']}: {w}" for w in row["warnings"]])
+    else:
+        result = run_seeded_sweep(lm, config, seeds, args.out, cache=args.cache, resume=args.resume)
     if args.json:
         _print_json(result)
     else:

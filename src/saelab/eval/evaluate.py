@@ -16,7 +16,9 @@ toy world's documents for seed ``DEFAULT_EVAL_SEED`` (training uses seed 0), pac
 hook's mean (the mean-ablation baseline); the second runs per batch the clean model (capturing every
 source and target hook), the zero- and mean-ablation of each target hook, and per SAE the spliced run
 and, with ``check_error_term``, the spliced run with the error term added back. Several SAEs share
-the clean run and the baselines of their target hook. Every run stops at the unembedding; logits are formed in chunks of predictions by
+the clean run and the baselines of their target hook. Latent firing (dead, dense, density) is
+counted over ``dead_window_tokens`` (default: the evaluation tokens); a longer window makes the
+second pass go on past the evaluation set, encoding latents only. Every run stops at the unembedding; logits are formed in chunks of predictions by
 ``score_runs``, so a large vocabulary never costs ``[batch, pos, d_vocab]`` floats. Splices touch ordinary tokens only; CE and KL are masked to predictions between
 ordinary tokens. Metric definitions: ``saelab.eval.metrics``, ``saelab.eval.downstream``,
 ``saelab.eval.latents``.
@@ -51,6 +53,7 @@ from saelab.sae.base import SAE
 from saelab.splicing import (
     Splice,
     SpliceSites,
+    as_coder,
     check_sae_fits,
     coder_values,
     flat_per_token,
@@ -79,6 +82,12 @@ class EvalConfig:
         more may be used (``n_tokens`` in the result says how many).
     context_size: tokens per window. batch_size: windows per forward pass.
     dense_threshold: latents firing on more than this fraction of tokens count as dense.
+    dead_window_tokens: ordinary tokens over which latent fires are counted for the dead/dense
+        fractions, the density histogram and ``latent_frequency`` (None: the evaluation tokens). Fewer
+        than ``tokens``: the first ones of the evaluation set; more: the evaluation set, then the
+        tokens that follow it in the source, read only up to the SAEs' hooks and encoded (no splice, no
+        unembedding), so a 10M-token window (Gao et al. 2024) costs one forward pass to the hook per
+        token. The metrics state the window counted as ``dead_window_tokens``.
     check_error_term: also run the SAE with its error term added back (must equal the clean run).
     progress: show progress bars.
     logit_chunk: float32 logit values formed at once per run while scoring (rows x d_vocab); bounds
@@ -89,6 +98,7 @@ class EvalConfig:
     context_size: int = 128
     batch_size: int = 16
     dense_threshold: float = 0.1
+    dead_window_tokens: int | None = None
     check_error_term: bool = True
     progress: bool = True
     logit_chunk: int = LOGIT_CHUNK_VALUES
@@ -98,16 +108,23 @@ class EvalConfig:
         check_range("context_size", self.context_size, 2, 1 << 20, integer=True)
         check_range("batch_size", self.batch_size, 1, None, integer=True)
         check_range("dense_threshold", self.dense_threshold, 0, 1)
+        if self.dead_window_tokens is not None:
+            check_range("dead_window_tokens", self.dead_window_tokens, 1, None, integer=True)
         check_range("logit_chunk", self.logit_chunk, 1, None, integer=True)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @property
+    def tokens_read(self) -> int:
+        """Ordinary tokens the pass reads: the evaluation set, or the dead-latent window if longer."""
+        return max(self.tokens, self.dead_window_tokens or 0)
+
 
 @dataclass
 class EvalResult:
     """``metrics``: JSON-able dict (see module docstring and ``saelab.eval``); ``latent_frequency``:
-    ``[d_sae]`` fraction of evaluation tokens each latent fired on."""
+    ``[d_sae]`` fraction of the ``dead_window_tokens`` counted on which each latent fired."""
 
     metrics: dict
     latent_frequency: Tensor
@@ -134,14 +151,17 @@ def check_context(lm: LoadedModel, context_size: int) -> None:
                           f"accepted: 2..{limit}")
 
 
-def evaluation_batches(lm: LoadedModel, source: Source, config: EvalConfig) -> Iterator[np.ndarray]:
-    """Batches of windows ``[n <= batch_size, context_size]`` until ``config.tokens`` ordinary tokens
-    have been read (or the source ends)."""
+def evaluation_batches(lm: LoadedModel, source: Source, config: EvalConfig,
+                       tokens: int | None = None) -> Iterator[np.ndarray]:
+    """Batches of windows ``[n <= batch_size, context_size]`` until ``tokens`` (default
+    ``config.tokens``) ordinary tokens have been read (or the source ends). The batches for fewer
+    tokens are a prefix of those for more."""
+    tokens = config.tokens if tokens is None else tokens
     packing = PackingConfig(context_size=config.context_size)
     windows = iter_windows(source, lm.tokenizer, packing, lm.bos_token_id, lm.eos_token_id)
     special = np.asarray(lm.special_token_ids, dtype=np.int64)
     seen = 0
-    while seen < config.tokens:
+    while seen < tokens:
         batch = list(itertools.islice(windows, config.batch_size))
         if not batch:
             return
@@ -187,10 +207,10 @@ def hook_means(lm: LoadedModel, hooks: Sequence[str], source: Source, config: Ev
 class _SAEAccumulators:
     """Everything summed for one SAE over the evaluation pass."""
 
-    def __init__(self, sae: SAE, sites: SpliceSites):
+    def __init__(self, sae: SAE, sites: SpliceSites, window: int | None = None):
         self.sae, self.sites = sae, sites
         self.recon = ReconstructionStats(sae.cfg.d_out)
-        self.latents = LatentStats(sae.cfg.d_sae)
+        self.latents = LatentStats(sae.cfg.d_sae, window)
         self.spliced = LossSums()
         self.with_error = LossSums()
 
@@ -203,7 +223,7 @@ def evaluate_saes(lm: LoadedModel, saes: Sequence[SAE], source: Source | str | N
     if not saes:
         raise SaelabError("give at least one SAE to evaluate")
     source = resolve_source(source)
-    accs = [_SAEAccumulators(sae, check_sae_fits(lm, sae)) for sae in saes]
+    accs = [_SAEAccumulators(sae, check_sae_fits(lm, sae), config.dead_window_tokens) for sae in saes]
     check_context(lm, config.context_size)
     for acc in accs:
         acc.sae.eval()
@@ -214,10 +234,16 @@ def evaluate_saes(lm: LoadedModel, saes: Sequence[SAE], source: Source | str | N
     zero = {h: LossSums() for h in targets}
     mean = {h: LossSums() for h in targets}
     n_tokens = 0
-    bar = tqdm(total=config.tokens, unit="tok", desc="evaluate", disable=not config.progress)
-    for windows in evaluation_batches(lm, source, config):
+    bar = tqdm(total=config.tokens_read, unit="tok", desc="evaluate", disable=not config.progress)
+    for windows in evaluation_batches(lm, source, config, config.tokens_read):
         ids = torch.from_numpy(windows).to(lm.device)
         ordinary = _ordinary(lm, ids)
+        bar.update(int(ordinary.sum()))
+        if n_tokens >= config.tokens:  # past the evaluation set: the dead-latent window only
+            if all(acc.latents.full for acc in accs):
+                break
+            _count_fires(lm, accs, ids, ordinary)
+            continue
         scored = scored_predictions(ordinary)
         clean_resid, cache = lm.run_to_unembed(ids, capture=captured)
         runs = []
@@ -239,9 +265,7 @@ def evaluate_saes(lm: LoadedModel, saes: Sequence[SAE], source: Source | str | N
                 resid, _ = lm.run_to_unembed(ids, splice_edits(lm, [splice]))
                 runs.append(ScoredRun(resid, sums, track_logit_diff=add_error))
         score_runs(lm.unembed, lm.d_vocab, ids, scored, clean_resid, clean, runs, chunk_values=config.logit_chunk)
-        n = int(ordinary.sum())
-        n_tokens += n
-        bar.update(n)
+        n_tokens += int(ordinary.sum())
     bar.close()
     if clean.n == 0:
         raise EmptyEvaluationSetError(
@@ -249,6 +273,16 @@ def evaluate_saes(lm: LoadedModel, saes: Sequence[SAE], source: Source | str | N
             f"context_size {config.context_size}); CE loss cannot be measured")
     return [_result(lm, acc, source, config, n_tokens, clean, zero[acc.sites.target], mean[acc.sites.target])
             for acc in accs]
+
+
+def _count_fires(lm: LoadedModel, accs: Sequence[_SAEAccumulators], ids: Tensor, ordinary: Tensor) -> None:
+    """Count latent fires on the ordinary tokens of ``ids [batch, pos]`` (a clean run stopped after the
+    SAEs' source hooks; nothing spliced, nothing unembedded)."""
+    todo = [acc for acc in accs if not acc.latents.full]
+    _, cache = lm.run_with_cache(ids, sorted({acc.sites.source for acc in todo}), stop_at_layer="auto")
+    for acc in todo:
+        x = as_coder(acc.sae, flat_per_token(cache[acc.sites.source]))[ordinary.to(acc.sae.W_dec.device)]
+        acc.latents.update(acc.sae.encode(x))
 
 
 def evaluate_sae(lm: LoadedModel, sae: SAE, source: Source | str | None = None,
@@ -276,8 +310,12 @@ def _warnings(m: dict, config: EvalConfig) -> list[str]:
     notes = []
     if m["n_dead"] == m["d_sae"]:
         notes.append(f"SAE {m['sae']!r} is dead: all {m['d_sae']} latents are zero on every one of the "
-                     f"{m['n_tokens']} evaluation tokens, so it reconstructs every token as its decoder bias "
+                     f"{m['dead_window_tokens']} tokens counted, so it reconstructs every token as its decoder bias "
                      "(L0 = 0); its fidelity figures are those of that constant")
+    window = config.dead_window_tokens
+    if window is not None and m["dead_window_tokens"] < window:
+        notes.append(f"the source ended after {m['dead_window_tokens']} tokens, so dead and dense latents are "
+                     f"counted over those, not the {window} asked for (dead_window_tokens)")
     if m["relative_reconstruction_bias"] is None:
         notes.append("relative_reconstruction_bias is undefined (E[x·x̂] = 0): reported as null")
     if m["fvu"] is None:

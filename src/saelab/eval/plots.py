@@ -40,16 +40,22 @@ def plot_density_histogram(metrics: dict, path: str | os.PathLike) -> Path:
 
 def plot_frontier(rows: Sequence[dict], metric: str, path: str | os.PathLike, title: str = "") -> Path:
     """``metric`` against L0 for ``rows`` (dicts with ``architecture``, ``l0`` and ``metric``), one line per
-    architecture sorted by L0; rows with L0 = 0 (dead SAEs) or a null metric are left out and counted
-    in the title. Returns the PNG path."""
+    architecture sorted by L0, with error bars where rows carry ``l0_std`` and ``{metric}_std`` (seed
+    spreads); rows with L0 = 0 (dead SAEs) or a null metric are left out and counted in the title.
+    Returns the PNG path."""
     plt = pyplot()
     usable = [r for r in rows if r.get("l0") and r.get(metric) is not None]
     if not usable:
         raise SaelabError(f"no sweep point has both a positive L0 and a value of {metric!r}; nothing to plot")
     fig, ax = plt.subplots(figsize=(6, 4))
     for arch in dict.fromkeys(r["architecture"] for r in usable):
-        points = sorted((r["l0"], r[metric]) for r in usable if r["architecture"] == arch)
-        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=arch)
+        group = sorted((r for r in usable if r["architecture"] == arch), key=lambda r: r["l0"])
+        x, y = [r["l0"] for r in group], [r[metric] for r in group]
+        if all(f"{metric}_std" in r and "l0_std" in r for r in group):  # seed spreads: one sd bars
+            ax.errorbar(x, y, xerr=[r["l0_std"] for r in group], yerr=[r[f"{metric}_std"] for r in group],
+                        marker="o", capsize=2, label=arch)
+        else:
+            ax.plot(x, y, marker="o", label=arch)
     from matplotlib.ticker import LogLocator, ScalarFormatter
 
     ax.set_xscale("log")

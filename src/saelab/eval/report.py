@@ -50,11 +50,20 @@ def format_eval(metrics: dict) -> str:
 def format_sweep(result: dict) -> str:
     """The sweep table (one row per SAE, by architecture and L0) and the matched-L0 comparison."""
     rows = sorted(result["rows"], key=lambda r: (r["architecture"], r["l0"] or 0))
+    seeds = result.get("seeds")
+
+    def cell(r: dict, metric: str):
+        value = r.get(metric)
+        if not seeds or value is None:
+            return value
+        return f"{value:.4g} ± {r.get(f'{metric}_std', 0):.2g}"
+
     table = markdown_table(
         ("SAE", "arch", "L0", "FVU", "delta loss", "CE recovered", "KL", "dead", "dense"),
-        [(r["name"], r["architecture"], r["l0"], r["fvu"], r["delta_loss"], r["ce_loss_recovered"], r["kl"],
-          r["dead_fraction"], r["dense_fraction"]) for r in rows])
-    parts = [f"{result['model']} {result['hook']}: {len(rows)} SAEs", table]
+        [(r["name"], r["architecture"], *[cell(r, m) for m in ("l0", "fvu", "delta_loss", "ce_loss_recovered", "kl",
+                                                              "dead_fraction", "dense_fraction")]) for r in rows])
+    spread = f", mean ± sd over seeds {','.join(map(str, seeds))}" if seeds else ""
+    parts = [f"{result['model']} {result['hook']}: {len(rows)} SAEs{spread}", table]
     matched = result.get("matched_l0") or []
     archs = list(dict.fromkeys(r["architecture"] for r in result["rows"]))
     if matched:
@@ -62,8 +71,11 @@ def format_sweep(result: dict) -> str:
         body = []
         for entry in matched:
             values = entry["values"]
-            body.append((entry["l0"], *[values[a]["delta_loss"] if a in values else None for a in archs],
-                         " < ".join(entry.get("order_by_delta_loss", []))))
+            order = " < ".join(entry.get("order_by_delta_loss", []))
+            if seeds:
+                order += f" (same order in {entry['order_agreement']:.0%} of seeds)"
+            body.append((entry["l0"], *[cell(values[a], "delta_loss") if a in values else None for a in archs],
+                         order))
         parts.append("\nmatched L0 (interpolated in log L0; n/a outside an architecture's range)\n"
                      + markdown_table(header, body))
     return "\n".join(parts)

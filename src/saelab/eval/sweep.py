@@ -38,6 +38,8 @@ from saelab.fileio import atomic_write_bytes, atomic_write_json
 from saelab.models import LoadedModel
 from saelab.sae.config import SAEConfig
 from saelab.sae.registry import architectures, sae_class
+from saelab.train.config import check_adam_betas
+from saelab.train.curves import plot_training_curves
 
 TABLE_COLUMNS = ("name", "architecture", "sparsity_field", "sparsity_value", "d_sae", "l0", "fvu", "mse", "cosine",
                  "delta_loss", "ce_loss_recovered", "kl", "kl_recovered", "dead_fraction", "dense_fraction",
@@ -70,6 +72,7 @@ class SweepConfig:
     train_tokens: int = 400_000
     batch_size: int = 2048
     lr: float = 1e-3
+    adam_betas: tuple[float, float] = (0.9, 0.999)
     seed: int = 0
     context_size: int = 128
     train_source: str = "toy:0"
@@ -96,6 +99,7 @@ class SweepConfig:
         check_range("train_tokens", self.train_tokens, 1, None, integer=True)
         check_range("batch_size", self.batch_size, 1, None, integer=True)
         check_range("lr", self.lr, 0, lo_open=True)
+        self.adam_betas = check_adam_betas(self.adam_betas)
         check_range("seed", self.seed, 0, None, integer=True)
         check_range("context_size", self.context_size, 2, 1 << 20, integer=True)
         for arch, value in self.lrs.items():
@@ -116,6 +120,7 @@ class SweepConfig:
         data = asdict(self)
         data["archs"] = list(self.archs)
         data["ranges"] = {k: list(v) for k, v in self.ranges.items()}
+        data["adam_betas"] = list(self.adam_betas)
         return data
 
 
@@ -168,16 +173,18 @@ def sweep_train_config(config: SweepConfig):
     steps = math.ceil(config.train_tokens / config.batch_size)
     return TrainConfig(
         tokens=config.train_tokens, batch_size=config.batch_size, lr=config.lr, seed=config.seed,
+        adam_betas=config.adam_betas,
         lr_warmup_steps=max(0, steps // 20), lr_decay_steps=max(0, steps // 5),
         sparsity_warmup_steps=max(0, steps // 4), log_every=max(1, steps // 10),
         dead_window_tokens=max(config.batch_size, config.train_tokens // 10),
     )
 
 
-def matched_l0(rows: list[dict], metrics: tuple[str, ...] = PLOTTED, n_points: int = 5) -> list[dict]:
+def matched_l0(rows: list[dict], metrics: tuple[str, ...] = PLOTTED, n_points: int = 5,
+               grid: list[float] | None = None) -> list[dict]:
     """Each architecture's metrics interpolated (linear in log L0) at ``n_points`` L0 values spaced
-    geometrically over the L0 range all architectures share (else the whole range); per L0,
-    ``order_by_delta_loss`` lists the architectures covering it, best first."""
+    geometrically over the L0 range all architectures share (else the whole range), or at the L0
+    values of ``grid``; per L0, ``order_by_delta_loss`` lists the architectures covering it, best first."""
     by_arch: dict[str, list[dict]] = {}
     for r in rows:
         if r.get("l0") and all(r.get(m) is not None for m in metrics):
@@ -189,7 +196,8 @@ def matched_l0(rows: list[dict], metrics: tuple[str, ...] = PLOTTED, n_points: i
     lo, hi = max(lows), min(highs)  # where every architecture has a value
     if lo >= hi:  # no common range: cover every architecture's own range
         lo, hi = min(lows), max(highs)
-    grid = [lo] if hi <= lo else list(np.geomspace(lo, hi, n_points))
+    if grid is None:
+        grid = [lo] if hi <= lo else list(np.geomspace(lo, hi, n_points))
     out = []
     for target in grid:
         entry: dict = {"l0": float(target), "values": {}}
@@ -205,13 +213,13 @@ def matched_l0(rows: list[dict], metrics: tuple[str, ...] = PLOTTED, n_points: i
     return out
 
 
-def table_csv(rows: list[dict]) -> str:
-    """The rows as CSV with ``TABLE_COLUMNS`` (null metrics as empty cells)."""
+def table_csv(rows: list[dict], columns: tuple[str, ...] = TABLE_COLUMNS) -> str:
+    """The rows as CSV with ``columns`` (null metrics as empty cells)."""
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=TABLE_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in TABLE_COLUMNS})
+        writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in columns})
     return buffer.getvalue()
 
 
@@ -229,7 +237,7 @@ def run_sweep(lm: LoadedModel, config: SweepConfig, out_dir: str | os.PathLike, 
     d_in = lm.hook_d_in(hook)
     sae_cfgs = sweep_sae_configs(config, d_in)
     if cache is not None:
-        source = ActivationCache(cache, hooks=[hook], batch_size=config.batch_size, seed=config.seed)
+        source = ActivationCache(cache, hooks=[hook], batch_size=config.batch_size, seed=config.seed, repeat=True)
         if source.d_in[hook] != d_in:
             raise SaelabError(f"cache {cache!r} holds {source.d_in[hook]} values per token for {hook}, model "
                               f"{lm.name!r} has {d_in}; use a cache of this model")
@@ -252,7 +260,8 @@ def run_sweep(lm: LoadedModel, config: SweepConfig, out_dir: str | os.PathLike, 
                      **{k: m[k] for k in TABLE_COLUMNS if k in m and k not in ("name", "architecture", "d_sae")},
                      "path": str(out / "train" / "saes" / cfg.name), "warnings": m["warnings"]})
     files = {"json": str(out / "sweep.json"), "csv": str(out / "sweep.csv"),
-             "delta_loss_plot": str(out / "delta_loss_vs_l0.png"), "fvu_plot": str(out / "fvu_vs_l0.png")}
+             "delta_loss_plot": str(out / "delta_loss_vs_l0.png"), "fvu_plot": str(out / "fvu_vs_l0.png"),
+             "training_curves": str(plot_training_curves(out / "train"))}
     title = f"{lm.name} {hook}, d_sae {sae_cfgs[0].d_sae}, {config.train_tokens:,} training tokens"
     plot_frontier(rows, "delta_loss", files["delta_loss_plot"], title=f"delta LM loss vs L0: {title}")
     plot_frontier(rows, "fvu", files["fvu_plot"], title=f"FVU vs L0: {title}")
@@ -261,3 +270,85 @@ def run_sweep(lm: LoadedModel, config: SweepConfig, out_dir: str | os.PathLike, 
     atomic_write_bytes(files["csv"], table_csv(rows).encode())
     atomic_write_json(files["json"], result)
     return result
+
+
+SPREAD_METRICS = ("l0", "fvu", "mse", "delta_loss", "ce_loss_recovered", "kl", "dead_fraction", "dense_fraction")
+
+
+def seed_spread_rows(per_seed_rows: list[list[dict]]) -> list[dict]:
+    """One row per sweep point (same ``name`` in every seed's sweep): each metric of ``SPREAD_METRICS``
+    as the mean over seeds, with ``{metric}_std`` (sample standard deviation, 0 for one seed),
+    ``{metric}_min`` / ``{metric}_max`` and ``n_seeds``."""
+    by_name: dict[str, list[dict]] = {}
+    for rows in per_seed_rows:
+        for row in rows:
+            by_name.setdefault(row["name"], []).append(row)
+    out = []
+    for group in by_name.values():
+        row = {k: group[0].get(k) for k in ("name", "architecture", "sparsity_field", "sparsity_value", "d_sae")}
+        row["n_seeds"] = len(group)
+        for metric in SPREAD_METRICS:
+            values = [r[metric] for r in group if r.get(metric) is not None]
+            if not values:
+                row[metric] = None
+                continue
+            row[metric] = float(np.mean(values))
+            row[f"{metric}_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+            row[f"{metric}_min"], row[f"{metric}_max"] = float(min(values)), float(max(values))
+        out.append(row)
+    return out
+
+
+def seed_matched_l0(mean_rows: list[dict], per_seed_rows: list[list[dict]]) -> list[dict]:
+    """Matched-L0 comparison on the seed means (``matched_l0``), with, at the same L0 values, each
+    seed's interpolated metrics: per architecture ``{metric}_std`` over seeds, and
+    ``seed_orders`` (each seed's ordering by delta loss) with ``order_agreement`` (the share of seeds
+    whose ordering equals the mean's)."""
+    matched = matched_l0(mean_rows)
+    grid = [entry["l0"] for entry in matched]
+    per_seed = [matched_l0(rows, grid=grid) for rows in per_seed_rows]
+    for i, entry in enumerate(matched):
+        seeds = [m[i] for m in per_seed]
+        for arch, values in entry["values"].items():
+            for metric in PLOTTED:
+                got = [s["values"][arch][metric] for s in seeds if arch in s["values"]]
+                values[f"{metric}_std"] = float(np.std(got, ddof=1)) if len(got) > 1 else 0.0
+        entry["seed_orders"] = [s.get("order_by_delta_loss", []) for s in seeds]
+        mean_order = entry.get("order_by_delta_loss", [])
+        entry["order_agreement"] = float(np.mean([o == mean_order for o in entry["seed_orders"]]))
+    return matched
+
+
+def run_seeded_sweep(lm: LoadedModel, config: SweepConfig, seeds: list[int], out_dir: str | os.PathLike, *,
+                     cache: str | None = None, resume: bool = False) -> dict:
+    """``run_sweep`` once per seed (initialisation and data order) under ``out_dir/seed{s}``, then the
+    seed spread of every point (``seed_spread_rows``), the matched-L0 comparison on the means with each
+    seed's ordering (``seed_matched_l0``), and plots with error bars (one standard deviation over seeds)
+    in ``out_dir``."""
+    from dataclasses import replace
+
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"seeds={seeds!r} must list at least one seed, each once")
+    out = Path(out_dir)
+    sweeps = [run_sweep(lm, replace(config, seed=seed), out / f"seed{seed}", cache=cache, resume=resume)
+              for seed in seeds]
+    per_seed_rows = [s["rows"] for s in sweeps]
+    rows = seed_spread_rows(per_seed_rows)
+    files = {"json": str(out / "seeds.json"), "csv": str(out / "seeds.csv"),
+             "delta_loss_plot": str(out / "delta_loss_vs_l0.png"), "fvu_plot": str(out / "fvu_vs_l0.png"),
+             "training_curves": [s["files"]["training_curves"] for s in sweeps]}
+    title = (f"{lm.name} {sweeps[0]['hook']}, d_sae {rows[0]['d_sae']}, {config.train_tokens:,} tokens, "
+             f"mean ± sd over {len(seeds)} seeds")
+    plot_frontier(rows, "delta_loss", files["delta_loss_plot"], title=f"delta LM loss vs L0: {title}")
+    plot_frontier(rows, "fvu", files["fvu_plot"], title=f"FVU vs L0: {title}")
+    result = {"model": lm.name, "hook": sweeps[0]["hook"], "d_in": sweeps[0]["d_in"], "seeds": list(seeds),
+              "config": {**config.to_dict(), "seed": None}, "rows": rows,
+              "matched_l0": seed_matched_l0(rows, per_seed_rows), "per_seed": [s["files"]["json"] for s in sweeps],
+              "files": files}
+    atomic_write_bytes(files["csv"], table_csv(rows, SEED_COLUMNS).encode())
+    atomic_write_json(files["json"], result)
+    return result
+
+
+SEED_COLUMNS = ("name", "architecture", "sparsity_field", "sparsity_value", "d_sae", "n_seeds",
+                *[c for m in SPREAD_METRICS for c in (m, f"{m}_std")])

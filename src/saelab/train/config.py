@@ -20,6 +20,17 @@ PARALLEL_MODES = ("data", "sae")
 AUTOCAST_MODES = ("none", "bf16")
 
 
+def check_adam_betas(betas) -> tuple[float, float]:
+    """``betas`` as a tuple ``(beta1, beta2)``, each in [0, 1), or a ``ConfigError``."""
+    if not isinstance(betas, (list, tuple)) or len(betas) != 2:
+        raise ConfigError(f"adam_betas={betas!r} must be two numbers (beta1, beta2)")
+    for i, beta in enumerate(betas):
+        check_range(f"adam_betas[{i}]", beta, 0, 1)
+        if beta >= 1:
+            raise ConfigError(f"adam_betas[{i}]={beta!r} is out of range; accepted: [0, 1)")
+    return tuple(betas)
+
+
 @dataclass
 class TrainConfig:
     """How to train.
@@ -99,15 +110,7 @@ class TrainConfig:
             check_range("tokens", self.tokens, 1, integer=True)
         check_range("batch_size", self.batch_size, 1, integer=True)
         check_range("lr", self.lr, 0, lo_open=True)
-        if not isinstance(self.adam_betas, (list, tuple)):
-            raise ConfigError(f"adam_betas={self.adam_betas!r} must be two numbers (beta1, beta2)")
-        self.adam_betas = tuple(self.adam_betas)  # type: ignore[assignment]
-        if len(self.adam_betas) != 2:
-            raise ConfigError(f"adam_betas={self.adam_betas!r} must be two numbers (beta1, beta2)")
-        for i, beta in enumerate(self.adam_betas):
-            check_range(f"adam_betas[{i}]", beta, 0, 1)
-            if beta >= 1:
-                raise ConfigError(f"adam_betas[{i}]={beta!r} is out of range; accepted: [0, 1)")
+        self.adam_betas = check_adam_betas(self.adam_betas)  # type: ignore[assignment]
         check_range("adam_eps", self.adam_eps, 0, lo_open=True)
         for name in ("lr_warmup_steps", "lr_decay_steps", "sparsity_warmup_steps", "checkpoint_every",
                      "resample_dead_every"):
