@@ -72,7 +72,7 @@ def test_census_on_the_toy_world(asae):
             assert e["family"] in ("induction", "short_range_context", "long_range_context", "unclassified", "rare")
     summary = census.summary()
     assert sum(summary["family_counts"].values()) == D_SAE
-    assert summary["n_heads_judged"] <= 4
+    assert summary["polysemantic"]["families"]["n_heads_judged"] <= 4
     conc = summary["head_concentration"]
     live = census.attribution[acts[~windows.special].gt(0).any(0)]
     assert sum(conc["max_share_histogram"]["counts"]) == sum(conc["dominant_head_counts"].values()) == len(live)

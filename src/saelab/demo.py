@@ -229,11 +229,14 @@ class Demo:
         census = build_census_report(asae, "toy", n_windows=16)
         induction = build_induction_report(self.lm, n_seqs=16, ablate=False)
         summary = census["summary"]
-        share = summary["polysemantic_share"]
-        verdict = (f"{share:.0%} of the {summary['n_heads_judged']} judged heads are polysemantic" if share is not None
-                   else "no head could be judged (their top latents match no planted family)")
+        verdicts = []
+        for name, what in (("roles", "by role (top-context overlap)"), ("families", "by planted family")):
+            poly = summary["polysemantic"][name]
+            verdicts.append(f"{what}, {poly['n_polysemantic']} of {poly['n_heads_judged']} judged heads are "
+                            f"polysemantic (95% interval {poly['interval']})" if poly["share"] is not None
+                            else f"{what}, no head could be judged")
         section.paragraph(f"Head census of the SAE's {summary['n_latents']} latents (top latents per head by "
-                          f"decoder-norm share, classified against the toy world's planted variables): {verdict}.")
+                          f"decoder-norm share): {'; '.join(verdicts)}.")
         section.table([{"family": k, "latents": v} for k, v in summary["family_counts"].items()])
         section.paragraph("Induction heads (attention from the second copy of a repeated random sequence to the "
                           "token after the first copy):")
@@ -249,7 +252,8 @@ class Demo:
                 section.image(Path(path), alt=Path(path).stem)
         atomic_write_json(out / "census.json", census)
         atomic_write_json(out / "induction.json", induction)
-        return {"family_counts": summary["family_counts"], "polysemantic_share": summary["polysemantic_share"],
+        return {"family_counts": summary["family_counts"],
+                "polysemantic_share": {k: v["share"] for k, v in summary["polysemantic"].items()},
                 "induction_heads": induction["induction_heads"],
                 "dfa": {"feature": dfa["feature"], "position": dfa["position"],
                         "token": dfa["tokens"][dfa["position"]]}}
@@ -257,7 +261,8 @@ class Demo:
     def causal(self, section: Section) -> dict[str, Any]:
         from saelab.causal import causal_demo_stage
 
-        return causal_demo_stage(self.lm, self.sae, self.out / "causal", section, small=self.cfg.small)
+        return causal_demo_stage(self.lm, self.sae, self.out / "causal", section, small=self.cfg.small,
+                                 sae_dir=self.sae_dir)
 
     def circuits(self, section: Section) -> dict[str, Any]:
         from saelab.circuits import circuits_demo_stage

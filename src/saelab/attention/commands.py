@@ -10,6 +10,7 @@ import argparse
 import json
 
 from saelab.attention import reports, views
+from saelab.attention.census import CensusConfig
 from saelab.cli_args import add_threads_argument, apply_threads
 
 
@@ -32,7 +33,17 @@ def register(subparsers) -> None:
     _common(census)
     census.add_argument("--source", default="toy", help="text source for examples (default toy: labelled)")
     census.add_argument("--n-windows", type=int, default=64)
-    census.add_argument("--top", type=int, default=10, help="latents per head")
+    defaults = CensusConfig()
+    census.add_argument("--top", type=int, default=defaults.top_latents,
+                        help=f"latents per head (default {defaults.top_latents})")
+    census.add_argument("--role-threshold", type=float, default=defaults.role_threshold,
+                        help="Jaccard overlap of top-context tokens at which two latents share a role "
+                             f"(default {defaults.role_threshold})")
+    census.add_argument("--role-examples", type=int, default=defaults.role_examples,
+                        help=f"top activations whose contexts make a latent's role vocabulary (default "
+                             f"{defaults.role_examples})")
+    census.add_argument("--role-context", type=int, default=defaults.role_context,
+                        help=f"tokens each side of them (default {defaults.role_context})")
     census.set_defaults(func=run_census)
 
     dfa = sub.add_parser("dfa", help="direct feature attribution by head and by source position")
@@ -72,14 +83,20 @@ def _emit(args, report: dict, lines: list[str], write) -> int:
 
 def run_census(args) -> int:
     apply_threads(args)
-    from saelab.attention.census import CensusConfig
-
     asae = reports.open_attention_sae(args.sae_dir, args.model)
-    report = reports.build_census_report(asae, args.source, args.n_windows, config=CensusConfig(top_latents=args.top),
-                                         progress=not args.json)
-    lines = [f"census of {report['hook']}: {json.dumps(report['summary'])}"]
+    config = CensusConfig(top_latents=args.top, role_threshold=args.role_threshold, role_examples=args.role_examples,
+                          role_context=args.role_context)
+    report = reports.build_census_report(asae, args.source, args.n_windows, config=config, progress=not args.json)
+    summary = {k: v for k, v in report["summary"].items() if k != "polysemantic"}
+    lines = [f"census of {report['hook']}: {json.dumps(summary)}"]
+    for name, poly in report["summary"]["polysemantic"].items():
+        judged = (f"{poly['n_polysemantic']} of {poly['n_heads_judged']} judged heads ({poly['share']:.0%}, "
+                  f"{poly['confidence']:.0%} interval {poly['interval'][0]:.2f}-{poly['interval'][1]:.2f}): "
+                  f"{', '.join(poly['heads']) or 'none'}" if poly["n_heads_judged"] else "no head judged")
+        lines.append(f"polysemantic by {name}: {judged}  [{poly['criterion']}]")
     for head in report["heads"]:
-        latents = ", ".join(f"{e['latent']}({e.get('family', '-')})" for e in head["latents"])
+        latents = ", ".join(f"{e['latent']}(role {'-' if e['role'] is None else e['role']}"
+                            + (f", {e['family']})" if "family" in e else ")") for e in head["latents"])
         lines.append(f"  head {head['head']}: {latents}")
     return _emit(args, report, lines, views.write_census)
 

@@ -2,7 +2,7 @@
 demo). Views of each report: ``saelab.attention.views``.
 
     asae = open_attention_sae(sae_dir, model=None)         # the SAE folder's recorded model by default
-    build_census_report(asae, source="toy", n_windows=64)  # head census (+ families on the toy world)
+    build_census_report(asae, source="toy", n_windows=64)  # head census: roles (+ families on the toy world)
     build_dfa_report(asae, prompt, feature, position=-1, upstream=None)
     build_induction_report(lm, n_seqs=32, length=20, max_prefix=9, ablate=True)
     build_ioi_report(asae, n_prompts=64)
@@ -51,7 +51,8 @@ def open_attention_sae(sae_dir: str, model: str | LoadedModel | None = None) -> 
 
 def build_census_report(asae: AttentionSAE, source: str = "toy", n_windows: int = 64, context: int = 128,
                         config: CensusConfig | None = None, progress: bool = False) -> dict:
-    """Head census on ``n_windows`` windows of ``source`` ("toy": labelled toy documents with families)."""
+    """Head census on ``n_windows`` windows of ``source`` ("toy": labelled toy documents, so the family
+    criterion is judged beside the role one; see ``saelab.attention.census``)."""
     context = min(context, int(getattr(asae.lm.config, "max_position_embeddings", None)
                                or getattr(asae.lm.config, "n_positions", context)))
     windows = (toy_windows(asae.lm, n_windows, context=context) if source == "toy"

@@ -44,6 +44,9 @@ def register(subparsers) -> None:
     ev.add_argument("--context-size", type=int, default=None,
                     help="tokens per window (default: the SAE's, else 128 or the model's context if shorter)")
     ev.add_argument("--batch-size", type=int, default=16, help="windows per forward pass (default 16)")
+    ev.add_argument("--dead-window-tokens", type=int, default=None,
+                    help="count latent fires over this many tokens (default: the evaluation tokens; "
+                         "more streams extra activations only, no unembedding)")
     ev.add_argument("--dense-threshold", type=float, default=0.1, help="dense = fires on more than this fraction")
     ev.add_argument("--no-error-check", action="store_true",
                     help="skip the run with the error term added back (saves one forward pass per batch)")
@@ -172,7 +175,7 @@ def run_eval(args: argparse.Namespace) -> int:
     context = args.context_size or info.metadata.get("context_size") or min(128, model_context(lm) or 128)
     config = EvalConfig(tokens=args.tokens, context_size=context, batch_size=args.batch_size,
                         dense_threshold=args.dense_threshold, check_error_term=not args.no_error_check,
-                        progress=not args.no_progress)
+                        dead_window_tokens=args.dead_window_tokens, progress=not args.no_progress)
     source = resolve_source(args.source or default_eval_source(info))
     result = evaluate_sae(lm, sae, source, config)
     metrics = result.metrics

@@ -43,7 +43,7 @@ from saelab.train.curves import plot_training_curves
 
 TABLE_COLUMNS = ("name", "architecture", "sparsity_field", "sparsity_value", "d_sae", "l0", "fvu", "mse", "cosine",
                  "delta_loss", "ce_loss_recovered", "kl", "kl_recovered", "dead_fraction", "dense_fraction",
-                 "ce_clean", "ce_spliced", "path")
+                 "dead_window_tokens", "ce_clean", "ce_spliced", "path")
 PLOTTED = ("delta_loss", "fvu")
 
 

@@ -1,21 +1,37 @@
 """Explain-then-score over many latents, saving after every latent so a long run keeps its results.
 
-Per latent: the first ``n_explain`` top examples go to the explainer; held out for scoring are the next
-``n_score_top`` top examples and ``n_score_quantile`` examples taken across the quantile groups
-(positives) and up to ``n_score_random`` random contexts where the latent does not fire (negatives).
-Scores: ``saelab.interp.scoring``. A reply in the wrong format is recorded as that latent's ``error``
-and the run goes on; an endpoint failure (``LLMError``) stops the run after saving what was scored,
-and ``run_autointerp(..., out_path)`` resumes from the saved file.
+Per latent, the explainer sees the first ``n_explain`` top examples. Scoring uses held-out examples in
+an explicit mix (EleutherAI delphi's detection/fuzzing sets; Bills et al. 2023 score simulation on top
++ random contexts, of which this keeps the random half as the silent contexts):
+
+- ``n_activating`` activating contexts spread over ``n_quantiles`` quantile bins of the latent's
+  activation distribution: the feature data's quantile groups (equal-count groups of a uniform
+  sample of its firings, strongest first, ``FeatureDataConfig.n_quantiles``/``per_quantile``) are
+  merged into ``n_quantiles`` contiguous bins and bin ``b`` gets ``⌊(b+1)n/Q⌋ − ⌊bn/Q⌋`` examples
+  drawn at random (seeded), so weak firings weigh as much as strong ones; examples shown to the
+  explainer are never scored. A short bin gives what it has (the result records each bin's count).
+- ``n_non_activating`` random contexts where the latent is silent (``FeatureDataConfig.n_random``).
+
+Detection: activating vs non-activating; fuzzing: the activating ones; simulation: the Pearson
+correlation over all of them (``saelab.interp.scoring``). Scoring only top examples and silent
+contexts lets an explanation of the rare strongest firings ("fires on X", silent elsewhere) score
+near 1 on a latent that mostly fires on other things; the quantile mix exposes it.
+
+A reply in the wrong format is recorded as that latent's ``error`` and the run goes on; an endpoint
+failure (``LLMError``) stops the run after saving what was scored, and ``run_autointerp(...,
+out_path)`` resumes from the saved file (the mix is part of the recorded setup: another mix is
+another run). LLM calls are cached by ``LLMClient``.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from saelab.errors import ConfigError, CorruptFileError, check_range
@@ -30,49 +46,82 @@ SCORES = ("detection", "fuzzing", "simulation")
 
 @dataclass
 class AutointerpConfig:
+    """The explain/score split (see the module docstring). Defaults: 20 held-out contexts per latent, as
+    many LLM simulation calls as before; activating and non-activating in equal numbers (delphi's 1:1);
+    10 bins, one example per decile of the firings (delphi's ``n_quantiles``)."""
+
     n_explain: int = 10
-    n_score_top: int = 5
-    n_score_quantile: int = 5
-    n_score_random: int = 10
+    n_activating: int = 10
+    n_quantiles: int = 10
+    n_non_activating: int = 10
     seed: int = 0
     progress: bool = True
 
     def __post_init__(self) -> None:
-        check_range("n_explain", self.n_explain, 1, None, integer=True)
-        for name in ("n_score_top", "n_score_quantile", "n_score_random", "seed"):
+        for name in ("n_explain", "n_quantiles"):
+            check_range(name, getattr(self, name), 1, None, integer=True)
+        for name in ("n_activating", "n_non_activating", "seed"):
             check_range(name, getattr(self, name), 0, None, integer=True)
 
 
-def split_examples(record: FeatureRecord, cfg: AutointerpConfig) -> tuple[list[Example], list[Example], list[Example]]:
-    """(examples to explain from, held-out positives, negatives)."""
+@dataclass
+class ScoringSet:
+    """One latent's examples: ``explain`` (top), held-out ``activating`` and ``non_activating``, and
+    ``bins``: per quantile bin ``{"bin", "hi", "lo", "n"}`` (activation range, examples scored)."""
+
+    explain: list[Example]
+    activating: list[Example]
+    non_activating: list[Example]
+    bins: list[dict[str, Any]] = field(default_factory=list)
+
+
+def bin_counts(n: int, n_bins: int) -> list[int]:
+    """``n`` spread over ``n_bins`` as evenly as possible: bin b gets ⌊(b+1)n/Q⌋ − ⌊bn/Q⌋."""
+    return [(b + 1) * n // n_bins - b * n // n_bins for b in range(n_bins)]
+
+
+def split_examples(record: FeatureRecord, cfg: AutointerpConfig) -> ScoringSet:
+    """The explain examples and the held-out scoring mix of ``record`` (module docstring)."""
     explain = record.top_examples[:cfg.n_explain]
-    positives = list(record.top_examples[cfg.n_explain:cfg.n_explain + cfg.n_score_top])
-    groups = [list(g["examples"]) for g in record.quantile_groups]
-    taken = 0
-    while taken < cfg.n_score_quantile and any(groups):
-        for group in groups:
-            if group and taken < cfg.n_score_quantile:
-                positives.append(group.pop(0))
-                taken += 1
-    negatives = [ex for ex in record.random_examples if not ex.fires][:cfg.n_score_random]
-    return explain, positives, negatives
+    shown = {(ex.window, ex.pos) for ex in explain}
+    groups = [g for g in record.quantile_groups if g["examples"]]
+    n_bins = min(cfg.n_quantiles, len(groups))
+    activating: list[Example] = []
+    bins = []
+    if n_bins:
+        members = np.array_split(np.arange(len(groups)), n_bins)
+        for b, (idx, count) in enumerate(zip(members, bin_counts(cfg.n_activating, n_bins), strict=True)):
+            pool = [ex for i in idx for ex in groups[i]["examples"] if (ex.window, ex.pos) not in shown]
+            rng = np.random.default_rng([cfg.seed, record.index, b])
+            picks = sorted(rng.choice(len(pool), size=min(count, len(pool)), replace=False).tolist())
+            activating += [pool[i] for i in picks]
+            bins.append({"bin": b, "hi": groups[idx[0]]["hi"], "lo": groups[idx[-1]]["lo"], "n": len(picks)})
+    non_activating = [ex for ex in record.random_examples if not ex.fires][:cfg.n_non_activating]
+    return ScoringSet(explain, activating, non_activating, bins)
 
 
 def explain_and_score(record: FeatureRecord, explainer, judge, cfg: AutointerpConfig) -> dict[str, Any]:
-    """One latent's ``{"feature", "explanation", "detection", "fuzzing", "simulation", "n_*", "error"}``."""
-    explain, positives, negatives = split_examples(record, cfg)
+    """One latent's ``{"feature", "explanation", "detection", "fuzzing", "simulation", "n_activating",
+    "n_non_activating", "activating_bins", "error"}``."""
+    split = split_examples(record, cfg)
     result: dict[str, Any] = {"feature": record.index, "density": record.density, "explanation": None,
-                              **{s: None for s in SCORES}, "n_positive": len(positives),
-                              "n_negative": len(negatives), "error": None}
-    if not explain:
+                              **{s: None for s in SCORES}, "n_activating": len(split.activating),
+                              "n_non_activating": len(split.non_activating), "activating_bins": split.bins,
+                              "error": None}
+    if not split.explain:
         result["error"] = "the latent never fired on the token budget; nothing to explain"
         return result
+    if not split.activating and cfg.n_activating:
+        result["error"] = (f"no held-out activating example (the latent fired {record.n_fires} times, and the "
+                           "feature data's quantile groups hold none beyond the explained ones); gather more "
+                           "tokens or a larger FeatureDataConfig.per_quantile")
+        return result
     try:
-        result["explanation"] = explainer.explain(explain)
-        expl = result["explanation"]
-        result["detection"] = detection_score(judge, expl, positives, negatives, cfg.seed + record.index)
-        result["fuzzing"] = fuzzing_score(judge, expl, positives, cfg.seed + record.index)
-        result["simulation"] = simulation_score(judge, expl, positives + negatives)
+        result["explanation"] = expl = explainer.explain(split.explain)
+        seed = cfg.seed + record.index
+        result["detection"] = detection_score(judge, expl, split.activating, split.non_activating, seed)
+        result["fuzzing"] = fuzzing_score(judge, expl, split.activating, seed)
+        result["simulation"] = simulation_score(judge, expl, split.activating + split.non_activating)
     except ReplyFormatError as exc:
         result["error"] = f"malformed reply: {exc}"
     return result
@@ -84,7 +133,23 @@ def summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
         values = [r[s] for r in results if r[s] is not None]
         out[f"mean_{s}"] = sum(values) / len(values) if values else None
         out[f"n_{s}"] = len(values)
+    for kind in ("activating", "non_activating"):  # the mix actually scored, per latent on average
+        counts = [r[f"n_{kind}"] for r in results]
+        out[f"mean_n_{kind}"] = sum(counts) / len(counts) if counts else None
     return out
+
+
+def check_feature_data(data: FeatureData, cfg: AutointerpConfig) -> None:
+    """Refuse feature data that cannot give the mix: no quantile examples or no random contexts."""
+    if not any(f.n_fires for f in data.features):
+        return
+    if cfg.n_activating and not any(g["examples"] for f in data.features for g in f.quantile_groups):
+        raise ConfigError(f"n_activating={cfg.n_activating} needs activating examples across quantiles, and the "
+                          "feature data holds none; gather it with FeatureDataConfig(per_quantile >= 1)")
+    if cfg.n_non_activating and not any(f.random_examples for f in data.features):
+        raise ConfigError(f"n_non_activating={cfg.n_non_activating} needs random contexts, and the feature data "
+                          "holds none; gather it with FeatureDataConfig(n_random >= n_non_activating), or set "
+                          "n_non_activating=0")
 
 
 def run_autointerp(data: FeatureData, explainer, judge, cfg: AutointerpConfig | None = None,
@@ -95,6 +160,7 @@ def run_autointerp(data: FeatureData, explainer, judge, cfg: AutointerpConfig | 
     already in it are not redone (its ``setup`` must match). ``setup`` describes explainer and judge.
     """
     cfg = cfg or AutointerpConfig()
+    check_feature_data(data, cfg)
     setup = {"explainer": explainer.name, "judge": judge.name, "config": asdict(cfg), **(setup or {})}
     setup["config"].pop("progress", None)
     done: dict[int, dict] = {}

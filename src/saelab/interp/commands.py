@@ -55,6 +55,13 @@ def register(subparsers) -> None:
     p.add_argument("--retries", type=int, default=3)
     p.add_argument("--timeout", type=float, default=60.0, help="seconds per LLM request")
     p.add_argument("--lm", default=None, help="language-model spec (default: the one recorded in the SAE folder)")
+    p.add_argument("--n-explain", type=int, default=10, help="top examples shown to the explainer (default 10)")
+    p.add_argument("--n-activating", type=int, default=10,
+                   help="held-out activating contexts scored, spread over --n-quantiles bins (default 10)")
+    p.add_argument("--n-quantiles", type=int, default=10,
+                   help="activation-quantile bins the activating contexts are drawn from (default 10)")
+    p.add_argument("--n-non-activating", type=int, default=10,
+                   help="held-out random contexts where the latent is silent (default 10)")
     p.add_argument("--out", default="autointerp_results", help="folder for results.json and the LLM call cache")
     p.set_defaults(func=run_autointerp_command)
 
@@ -132,11 +139,16 @@ def run_autointerp_command(args: argparse.Namespace) -> int:
         setup.update(base_url=args.base_url, model=args.model)
     else:
         explainer, judge = TokenExplainer(), TokenJudge()
+    cfg = AutointerpConfig(n_explain=args.n_explain, n_activating=args.n_activating, n_quantiles=args.n_quantiles,
+                           n_non_activating=args.n_non_activating, seed=args.seed, progress=not args.no_progress)
     apply_threads(args)
     lm, sae, hook = _load(args, args.lm)
-    data = _gather(args, lm, sae, hook, n_random=20, correlation=False)
-    report = run_autointerp(data, explainer, judge, AutointerpConfig(seed=args.seed, progress=not args.no_progress),
-                            out_path=out / "results.json", setup=setup)
+    # Random contexts are shared by all latents and a dense latent fires in many: draw 4x the silent ones
+    # needed. Quantile groups: one per bin, with room for the examples the explainer sees.
+    data = _gather(args, lm, sae, hook, n_random=max(20, 4 * cfg.n_non_activating), n_quantiles=cfg.n_quantiles,
+                   per_quantile=-(-cfg.n_activating // cfg.n_quantiles) + 2, n_top=max(20, cfg.n_explain),
+                   correlation=False)
+    report = run_autointerp(data, explainer, judge, cfg, out_path=out / "results.json", setup=setup)
     if args.json:
         print(json.dumps(report, indent=2))
         return 0

@@ -1,11 +1,15 @@
-"""Scores of an explanation against known activations.
+"""Scores of an explanation against known activations, on the held-out mix ``saelab.interp.autointerp``
+draws (activating contexts across activation quantiles, and silent random contexts).
 
-- detection: the judge labels each held-out example (top, quantile: positives; random non-firing:
-  negatives) as activating or not; balanced accuracy = (TPR + TNR) / 2.
-- fuzzing: each positive example is shown once with its firing tokens marked and once with as many
+- detection: the judge labels each example (activating: positives; silent: negatives) as activating
+  or not; balanced accuracy = (TPR + TNR) / 2, so the share of silent contexts in the mix does not
+  move it.
+- fuzzing: each activating example is shown once with its firing tokens marked and once with as many
   non-firing tokens marked; the judge says whether the marks are right; balanced accuracy.
 - simulation: the judge predicts 0–10 per token; Pearson correlation of all predicted and true
-  activations over the held-out examples (OpenAI's "all at once" score; 0 when either is constant).
+  activations over the examples (OpenAI's "all at once" score; 0 when either is constant). Over
+  activating contexts from every quantile, an explanation must predict the weak firings too, not
+  only separate the strongest ones from silence.
 """
 
 from __future__ import annotations

@@ -408,6 +408,7 @@ class Trainer:
                       "architecture": m.sae.cfg.architecture, "lr": m.base_lr * self.lr_factor,
                       "sparsity_scale": sparsity_scale(self.step - 1, self.cfg), **summary,
                       "dead_fraction": float(tracker.dead_mask(self.cfg.dead_window_tokens).double().mean()),
+                      "dead_window_tokens": min(self.cfg.dead_window_tokens, self.tokens),
                       "dense_fraction": tracker.dense_fraction(self.cfg.dense_density),
                       "skipped_batches": self.skipped_batches, "skipped_updates": m.skipped_updates,
                       "resampled": m.resampled, "tokens_per_s": tokens_per_s}
