@@ -7,7 +7,7 @@ import torch
 
 from saelab.circuits.ground_truth import available, ground_truth_for, load_ground_truth
 from saelab.circuits.heads import Head, parse_head
-from saelab.circuits.tasks import TokenizationError, gpt2_text_pairs, single_token_id, task_batch
+from saelab.circuits.tasks import TokenizationError, gpt2_text_pairs, single_token_id, task_batch, text_pairs
 from saelab.errors import ConfigError
 
 
@@ -85,8 +85,16 @@ def test_tokenizer_that_breaks_task_words_is_refused(toy_lm):
         single_token_id(toy_lm.tokenizer, "Mary and")
     with pytest.raises(TokenizationError, match="does not know it"):
         single_token_id(toy_lm.tokenizer, "Bartholomew")
-    with pytest.raises(TokenizationError):
-        task_batch(toy_lm, "ioi", 8, seed=0, templates="gpt2")
+    for templates in ("gpt2", "natural"):  # the toy vocabulary lacks template words such as "Then"
+        with pytest.raises(TokenizationError, match="does not know"):
+            task_batch(toy_lm, "ioi", 8, seed=0, templates=templates)
+
+
+def test_gpt2_is_the_former_name_of_natural_and_the_published_draw_is_kept():
+    for task in ("ioi", "greater_than", "docstring"):
+        assert text_pairs(task, 6, 2, "gpt2") == text_pairs(task, 6, 2, "natural") == gpt2_text_pairs(task, 6, 2)
+    with pytest.raises(ConfigError, match="templates"):
+        text_pairs("ioi", 2, 0, "gemma")
 
 
 def test_published_ground_truths():

@@ -5,7 +5,8 @@ the feature-patching experiment of Cunningham et al. 2023 against PCA/ICA/neuron
     with spliced(lm, [Splice(sae, add_error=True, edits=[steer(42, 8.0)])]): lm.model.generate(...)
     steer_generate(lm, sae, feature, scale, prompt)
     attribute_latents(lm, sae, clean_ids, cf_ids, metric); patch_effects(...)
-    feature_patching(lm, hook, task_prompts(lm, "ioi", 8), out_dir)    # JSON + PNG
+    feature_patching(lm, hook, task_prompts(lm, "ioi", 8), out_dir)    # JSON + PNG; SAE FVU and KL floor
+    natural_text_pairs("ioi", 64, tokenizer=lm.tokenizer)              # published templates, checked tokens
     causal_demo_stage(lm, sae, out_dir, section, small)                  # for saelab demo
 """
 
@@ -31,14 +32,16 @@ from saelab.causal.edits import (
 from saelab.causal.feature_patching import FitConfig, feature_patching
 from saelab.causal.patching_experiment import PatchingConfig, run_patching_experiment
 from saelab.causal.prompts import PromptPairs, pair_prompts, read_pairs_file, task_prompts
+from saelab.causal.quick_sae import SAETrainSpec
 from saelab.causal.steering import SteeringResult, steer_generate
+from saelab.causal.templates import TextPair, TokenizationError, natural_text_pairs
 from saelab.splicing import Splice, hook_latents, hook_latents_and_errors, run_spliced, spliced
 
 __all__ = [
     "Attribution", "Basis", "FitConfig", "InterventionError", "LatentEdit", "LinearBasis", "PatchingConfig",
-    "PromptPairs", "SAEBasis", "Splice", "SteeringResult", "attribute_latents", "causal_demo_stage", "clamp",
-    "hook_latents_and_errors",
-    "feature_patching", "fit_ica", "fit_pca", "hook_latents", "logit_diff_metric", "logprob_metric", "mean_ablate",
+    "PromptPairs", "SAEBasis", "SAETrainSpec", "Splice", "SteeringResult", "TextPair", "TokenizationError",
+    "attribute_latents", "causal_demo_stage", "clamp", "feature_patching", "fit_ica", "fit_pca", "hook_latents",
+    "hook_latents_and_errors", "logit_diff_metric", "logprob_metric", "mean_ablate", "natural_text_pairs",
     "neuron_basis", "pair_prompts", "patch_effects", "patch_from", "random_rotation", "read_pairs_file",
     "run_patching_experiment", "run_spliced", "spearman", "spliced", "steer", "steer_generate", "task_prompts",
     "zero_ablate",

@@ -25,8 +25,15 @@ def register(subparsers) -> None:
     patching.add_argument("--max-threshold", type=float, default=1.0, help="largest threshold (default 1)")
     patching.add_argument("--fit-source", default="toy", help="text source the bases are fitted on (default toy)")
     patching.add_argument("--fit-windows", type=int, default=256, help="windows of 64 tokens to fit on (default 256)")
-    patching.add_argument("--d-sae", type=int, default=512, help="latents of the SAE trained without --sae")
-    patching.add_argument("--sae-steps", type=int, default=1000, help="steps of the SAE trained without --sae")
+    patching.add_argument("--sae-arch", choices=("topk", "batchtopk"), default="topk",
+                          help="architecture of the SAE trained without --sae (default topk)")
+    patching.add_argument("--d-sae", type=int, default=1024, help="latents of the SAE trained without --sae "
+                                                                  "(default 1024)")
+    patching.add_argument("--sae-k", type=int, default=32, help="active latents per token of the SAE trained "
+                                                                "without --sae (default 32)")
+    patching.add_argument("--sae-tokens", type=int, default=2_000_000,
+                          help="training tokens of the SAE trained without --sae (default 2,000,000; the run is "
+                               "kept under --out/sae/ and reused by a later run with the same settings)")
     patching.add_argument("--out", default="causal_patching", help="folder for patching.json and patching.png")
     patching.set_defaults(func=run_patching)
 
@@ -59,6 +66,10 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pairs", default=None,
                         help="JSON-lines file of {clean, counterfactual} prompts (instead of --task)")
     parser.add_argument("--n-prompts", type=int, default=8, help="prompt pairs of --task (default 8)")
+    parser.add_argument("--templates", choices=("toy", "natural"), default=None,
+                        help="prompts of --task: 'toy' (the toy world's) or 'natural' (the published templates, "
+                             "names and years checked to be single tokens of the model's tokenizer); default: toy "
+                             "for the toy model, natural otherwise")
     parser.add_argument("--counterfactual", choices=("task", "io"), default=None,
                         help="counterfactual prompts: 'task' (the task's corruption; IOI: ABC) or 'io' (IOI: the "
                              "indirect object becomes a third name, as in Cunningham et al.); default: 'io' for "
@@ -78,7 +89,8 @@ def _prompts(args, lm, ioi_default: str = "task"):
         return pair_prompts(lm, read_pairs_file(args.pairs))
     check_choice("--task", args.task, TASK_NAMES)
     counterfactual = args.counterfactual or (ioi_default if args.task == "ioi" else "task")
-    return task_prompts(lm, args.task, args.n_prompts, args.seed, counterfactual=counterfactual)
+    return task_prompts(lm, args.task, args.n_prompts, args.seed, counterfactual=counterfactual,
+                        templates=args.templates)
 
 
 def _sae(args, lm):
@@ -91,10 +103,12 @@ def run_patching(args: argparse.Namespace) -> int:
     from saelab.causal.feature_patching import (
         DEFAULT_IOI_HOOK,
         FitConfig,
+        describe_sae_line,
         feature_patching,
         fewest_components_table,
     )
     from saelab.causal.patching_experiment import PatchingConfig
+    from saelab.causal.quick_sae import SAETrainSpec
 
     apply_threads(args)
     lm = model_from_args(args)
@@ -103,15 +117,18 @@ def run_patching(args: argparse.Namespace) -> int:
     lm.parse_hooks([hook])
     cfg = PatchingConfig(n_thresholds=args.thresholds, min_threshold=args.min_threshold,
                          max_threshold=args.max_threshold)
-    fit = FitConfig(source=args.fit_source, n_windows=args.fit_windows, d_sae=args.d_sae, sae_steps=args.sae_steps,
-                    seed=args.seed)
+    train = SAETrainSpec(architecture=args.sae_arch, d_sae=args.d_sae, k=args.sae_k, tokens=args.sae_tokens,
+                         source=args.fit_source, seed=args.seed)
+    fit = FitConfig(source=args.fit_source, n_windows=args.fit_windows, seed=args.seed, sae=train)
     bases = tuple(b.strip() for b in args.bases.split(",") if b.strip())
     result = feature_patching(lm, hook, _prompts(args, lm, ioi_default="io"), Path(args.out), sae, bases, cfg, fit,
-                              progress=not args.no_progress)
+                              progress=not args.no_progress, sae_source=args.sae)
     if args.json:
         emit(result, True)
         return 0
     print(f"hook {hook}; {result['n_prompts']} prompt pairs; KL(counterfactual ‖ clean) = {result['kl_unpatched']:.4g}")
+    if "sae" in result:
+        print(describe_sae_line(result["sae"]))
     print("fewest components patched to reach each KL level:")
     for row in fewest_components_table(result):
         emit(row, False)

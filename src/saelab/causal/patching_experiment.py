@@ -17,6 +17,12 @@ increase, un-patch each candidate whose removal (given the removals so far) rais
 than τ; repeat until no patched component can be removed for less than τ. Each τ gives one point
 (components patched, KL) of the basis's curve. Sequential decisions are evaluated in batches of
 prefix sets, so the result equals the one-at-a-time greedy.
+
+The floor: with every component patched the value is x_cf + e_clean − e_cf (e = x − decode(encode(x))),
+and a basis that does not reconstruct exactly (an SAE) starts its curve at ``kl_floor`` > 0, the KL of
+that first point, instead of at 0: KL levels under it are out of reach unless un-patching happens to
+lower the KL (``below_floor`` lists the levels a curve never reached that lie under its floor). Each
+curve reports the floor with the basis's FVU on the prompts' activations (both runs, real positions).
 """
 
 from __future__ import annotations
@@ -70,6 +76,8 @@ class BasisCurve:
     n_components: int
     n_differing: int
     kl_all_patched: float
+    fvu: float = 0.0
+    l0: float = 0.0
     points: list[dict] = field(default_factory=list)
     forward_sets: int = 0
 
@@ -79,8 +87,10 @@ class BasisCurve:
         return min(counts) if counts else None
 
     def to_json(self) -> dict:
+        """``kl_floor`` is ``kl_all_patched`` under the name that says what it bounds."""
         return {"basis": self.basis, "n_components": self.n_components, "n_differing": self.n_differing,
-                "kl_all_patched": self.kl_all_patched, "forward_sets": self.forward_sets, "points": self.points}
+                "kl_all_patched": self.kl_all_patched, "kl_floor": self.kl_all_patched, "fvu_prompts": self.fvu,
+                "l0_prompts": self.l0, "forward_sets": self.forward_sets, "points": self.points}
 
 
 class PatchingRun:
@@ -149,6 +159,8 @@ class BasisPatcher:
             c_cf = basis.encode(run.x_cf).float()
             self.delta = (c_cf - self.c_clean) * run.real[..., None]
             self.x_hat_clean = basis.decode(self.c_clean).float()
+            self.fvu, self.l0 = _fvu_and_l0(run, torch.cat([self.c_clean[run.real], c_cf[run.real]]),
+                                            torch.cat([self.x_hat_clean[run.real], basis.decode(c_cf).float()[run.real]]))
         self.differing = self.delta.abs().amax((0, 1)) > 0
         self.forward_sets = 0
 
@@ -165,11 +177,20 @@ class BasisPatcher:
         return torch.cat(out)
 
 
+def _fvu_and_l0(run: PatchingRun, c: Tensor, x_hat: Tensor) -> tuple[float, float]:
+    """FVU of ``x_hat [tokens, d_in]`` against both runs' activations at real positions (Σ‖x − x̂‖² over
+    Σ‖x − mean‖²) and the mean number of non-zero coefficients ``c [tokens, k]`` per token."""
+    x = torch.cat([run.x_clean[run.real], run.x_cf[run.real]])
+    fvu = float((x - x_hat).pow(2).sum() / (x - x.mean(0)).pow(2).sum().clamp_min(1e-30))
+    return fvu, float((c != 0).float().sum(-1).mean())
+
+
 def greedy_curve(patcher: BasisPatcher, thresholds: np.ndarray, progress: bool = False) -> BasisCurve:
     """The greedy un-patching curve of one basis (see the module docstring)."""
     patched = patcher.differing.clone()
     kl_now = float(patcher.kl(patched[None])[0])
-    curve = BasisCurve(patcher.basis.name, patcher.basis.n_components, int(patched.sum()), kl_now)
+    curve = BasisCurve(patcher.basis.name, patcher.basis.n_components, int(patched.sum()), kl_now,
+                       patcher.fvu, patcher.l0)
     curve.points.append({"threshold": 0.0, "n_patched": int(patched.sum()), "kl": kl_now})
     removal_kl: tuple[Tensor, Tensor] | None = None
     for tau in tqdm(thresholds, desc=f"greedy {patcher.basis.name}", disable=not progress, leave=False):
@@ -232,6 +253,10 @@ def run_patching_experiment(lm: LoadedModel, hook: str, prompts: PromptPairs, ba
     levels = {f"{fraction:g}": fraction * run.kl_unpatched for fraction in cfg.kl_fractions}
     fewest = {name: {key: curve.fewest_reaching(level) for key, level in levels.items()}
               for name, curve in curves.items()}
+    below_floor = {name: [key for key, level in levels.items()
+                          if fewest[name][key] is None and level < curve.kl_all_patched]
+                   for name, curve in curves.items()}
     return {"hook": hook, "n_prompts": prompts.n, "dropped_pairs": prompts.dropped,
             "kl_unpatched": run.kl_unpatched, "kl_levels": levels,
-            "fewest_components": fewest, "curves": {name: c.to_json() for name, c in curves.items()}}
+            "fewest_components": fewest, "below_floor": below_floor,
+            "curves": {name: c.to_json() for name, c in curves.items()}}

@@ -1,8 +1,10 @@
 """Clean / counterfactual prompt pairs for patching, as equal-length token batches.
 
-- ``task_prompts(lm, task, n, seed)``: pairs of the toy world's tasks (``saelab.toy.tasks``: ioi,
-  greater_than, docstring), tokenized by the model's own tokenizer, so any model whose tokenizer
-  keeps a pair the same length can run them (pairs that do not are dropped and counted).
+- ``task_prompts(lm, task, n, seed, templates=...)``: pairs of the tasks ioi, greater_than, docstring,
+  tokenized by the model's own tokenizer: ``templates="toy"`` (default for the toy model) draws the toy
+  world's (``saelab.toy.tasks``; pairs of unequal length are dropped and counted), ``"natural"``
+  (default otherwise) the published templates checked against the model's tokenizer
+  (``saelab.causal.templates``: single-token names, equal lengths), so a real model can run them.
 - ``pair_prompts(lm, pairs)``: your own ``(clean, counterfactual)`` texts; every pair must tokenize
   to the same length. ``read_pairs_file(path)``: such pairs from a JSON-lines file with fields
   ``clean`` and ``counterfactual`` (or ``corrupted``).
@@ -101,17 +103,27 @@ def io_counterfactual(pair, rng: random.Random) -> str:
     return text
 
 
-def task_prompts(lm: LoadedModel, task: str, n: int = 16, seed: int = 0, counterfactual: str = "task") -> PromptPairs:
-    """``n`` clean/counterfactual pairs of a toy-world task (see ``saelab.toy.tasks``). ``counterfactual``:
-    ``"task"``, the task's own corruption (IOI: ABC, S2 becomes a third name; greater-than: "01";
-    docstring: random argument names), or ``"io"`` (IOI only): the indirect object becomes a third name."""
-    from saelab.toy.tasks import generate_pairs
+PROMPT_TEMPLATES = ("toy", "natural")
 
+
+def task_prompts(lm: LoadedModel, task: str, n: int = 16, seed: int = 0, counterfactual: str = "task",
+                 templates: str | None = None) -> PromptPairs:
+    """``n`` clean/counterfactual pairs of ``task``. ``counterfactual``: ``"task"``, the task's own
+    corruption (IOI: ABC, S2 becomes a third name; greater-than: "01"; docstring: random argument
+    names), or ``"io"`` (IOI only): the indirect object becomes a third name. ``templates``: ``"toy"``
+    (the toy world's prompts; default for the toy model) or ``"natural"`` (the published templates
+    checked against ``lm``'s tokenizer; default for every other model)."""
     check_range("n prompts", n, 1, 100_000, integer=True)
     check_choice("counterfactual", counterfactual, COUNTERFACTUALS)
+    templates = ("toy" if lm.name == "toy" else "natural") if templates is None else templates
+    check_choice("templates", templates, PROMPT_TEMPLATES)
     if counterfactual == "io" and task != "ioi":
         raise SaelabError(f"counterfactual 'io' replaces the indirect object of IOI prompts; task {task!r} has "
                           "none: use counterfactual 'task'")
+    if templates == "natural":
+        return _natural_prompts(lm, task, n, seed, counterfactual)
+    from saelab.toy.tasks import generate_pairs
+
     pairs = generate_pairs(task, n, seed)
     if counterfactual == "io":
         rng = random.Random(f"saelab.causal.io_counterfactual:{seed}")
@@ -122,6 +134,20 @@ def task_prompts(lm: LoadedModel, task: str, n: int = 16, seed: int = 0, counter
     kept = prompts.kept.tolist()
     prompts.answer_ids = first_token_ids(lm, [pairs[i].answers[0] for i in kept])
     prompts.wrong_ids = first_token_ids(lm, [pairs[i].wrong_answers[0] for i in kept])
+    return prompts
+
+
+def _natural_prompts(lm: LoadedModel, task: str, n: int, seed: int, counterfactual: str) -> PromptPairs:
+    """The published templates' pairs, checked against ``lm``'s tokenizer (every pair kept: equal lengths
+    are guaranteed); answer_ids / wrong_ids: the first answer and wrong answer as single tokens."""
+    from saelab.causal.templates import check_answer_ids, natural_text_pairs
+
+    if lm.tokenizer is None:
+        raise SaelabError(f"{lm.name} was loaded without a tokenizer; task prompts need one")
+    pairs = natural_text_pairs(task, n, seed, lm.tokenizer, ioi_counterfactual="io" if counterfactual == "io" else "abc")
+    prompts = pair_prompts(lm, [(p.clean, p.corrupted) for p in pairs])
+    prompts.answer_ids = torch.tensor([check_answer_ids(lm.tokenizer, p, p.answers[:1])[0] for p in pairs])
+    prompts.wrong_ids = torch.tensor([check_answer_ids(lm.tokenizer, p, p.wrong[:1])[0] for p in pairs])
     return prompts
 
 

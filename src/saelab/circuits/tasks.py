@@ -1,11 +1,14 @@
 """Circuit tasks as token batches: clean (positive) and corrupted (negative) prompts and a metric.
 
-Two prompt families per task (``TASKS``: ``ioi``, ``greater_than``, ``docstring``):
+Prompt families per task (``TASKS``: ``ioi``, ``greater_than``, ``docstring``; ``TEMPLATE_FAMILIES``):
 
 - ``toy``: the toy world's prompts from ``saelab.toy.tasks.generate_pairs``;
-- ``gpt2``: the published templates (Wang et al. 2022 IOI, Hanna et al. 2023 greater-than, Heimersheim
-  & Janiak 2023 docstring) for GPT-2-tokenizer models; every name, year and argument must be one token
-  (a clear error names the ones a tokenizer splits).
+- ``natural``: the published templates (Wang et al. 2022 IOI, Hanna et al. 2023 greater-than, Heimersheim
+  & Janiak 2023 docstring) for any Hugging Face tokenizer, checked against it
+  (``saelab.causal.templates``): names and argument names filtered to its single tokens (too few left: a
+  ``TokenizationError`` naming the task and the words), years as one token each or digit by digit, and
+  every pair's clean and corrupted prompts of the same token length;
+- ``gpt2``: the former name of ``natural`` (same prompts; on GPT-2's tokenizer nothing is filtered).
 
 Metrics, per prompt at its last token (``TaskBatch.metric``): IOI logit(IO) - logit(S); greater-than
 sum P(YY' > YY) - sum P(YY' <= YY); docstring logit(correct) - max logit(wrong). Clean and corrupted
@@ -14,30 +17,35 @@ prompts of a pair have the same length; batches are right-padded (causal attenti
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 
 import torch
 
-from saelab.errors import ConfigError, SaelabError, check_choice, check_range
+from saelab.causal.templates import (
+    DOC_ARGS,
+    DOC_TEMPLATE,
+    DOC_WORDS,
+    GT_NOUNS,
+    IOI_TEMPLATES,
+    NAMES,
+    OBJECTS,
+    PLACES,
+    TASKS,
+    TextPair,
+    TokenizationError,
+    natural_text_pairs,
+    single_token_id,
+)
+from saelab.errors import ConfigError, check_choice, check_range
 
-TASKS = ("ioi", "greater_than", "docstring")
-TEMPLATE_FAMILIES = ("toy", "gpt2")
+TEMPLATE_FAMILIES = ("toy", "natural", "gpt2")
 METRICS = {"ioi": "logit_diff", "greater_than": "prob_diff", "docstring": "logit_minus_max_wrong"}
-
-
-class TokenizationError(SaelabError):
-    """A task word that the model's tokenizer does not keep as one token."""
-
-
-@dataclass(frozen=True)
-class TextPair:
-    """One prompt pair as text, with the answer and wrong-answer strings (each must be one token)."""
-
-    clean: str
-    corrupted: str
-    answers: tuple[str, ...]
-    wrong: tuple[str, ...]
+# the published word lists under their former names
+GPT2_NAMES, GPT2_PLACES, GPT2_OBJECTS, GPT2_IOI_TEMPLATES = NAMES, PLACES, OBJECTS, IOI_TEMPLATES
+GPT2_GT_NOUNS, GPT2_DOC_ARGS, GPT2_DOC_WORDS, GPT2_DOC_TEMPLATE = GT_NOUNS, DOC_ARGS, DOC_WORDS, DOC_TEMPLATE
+__all__ = ["METRICS", "TASKS", "TEMPLATE_FAMILIES", "TaskBatch", "TextPair", "TokenizationError", "build_batch",
+           "default_templates", "gpt2_text_pairs", "kl_from_clean", "single_token_id", "task_batch", "text_pairs",
+           "toy_text_pairs"]
 
 
 @dataclass
@@ -104,98 +112,29 @@ def toy_text_pairs(task: str, n: int, seed: int) -> list[TextPair]:
             for p in generate_pairs(task, n, seed)]
 
 
-GPT2_NAMES = (
-    "Mary", "John", "Tom", "James", "Dan", "Sid", "Martin", "Amy", "Paul", "Kate", "Mark", "Lisa",
-    "Michael", "Sarah", "David", "Laura", "Robert", "Anna", "Steve", "Emily", "Joe", "Rachel", "Jack",
-    "Jessica", "Ben", "Alice", "Peter", "Jennifer", "Chris", "Andrew", "George", "Richard", "Daniel",
-    "William", "Matthew", "Ryan", "Eric", "Adam", "Brian", "Kevin", "Jane", "Susan", "Alex", "Sam",
-)
-GPT2_PLACES = ("store", "garden", "restaurant", "school", "hospital", "office", "house", "station")
-GPT2_OBJECTS = ("ring", "kiss", "bone", "basketball", "computer", "necklace", "drink", "snack")
-GPT2_IOI_TEMPLATES = (
-    "Then, {A} and {B} went to the {PLACE}. {S2} gave a {OBJECT} to",
-    "When {A} and {B} got a {OBJECT} at the {PLACE}, {S2} decided to give it to",
-    "After {A} and {B} went to the {PLACE}, {S2} gave a {OBJECT} to",
-    "Then, {A} and {B} had a long argument, and afterwards {S2} said to",
-)
-GPT2_GT_NOUNS = (
-    "war", "trial", "journey", "reign", "siege", "project", "dispute", "study", "program", "expedition",
-    "campaign", "marriage", "tour", "voyage", "investigation", "plague", "treaty", "relationship",
-)
-GPT2_DOC_ARGS = (
-    "file", "name", "data", "size", "path", "mode", "key", "value", "state", "count", "user", "text",
-    "index", "line", "url", "port", "host", "token", "item", "order", "shape", "color", "limit", "target",
-)
-GPT2_DOC_WORDS = (
-    "load", "the", "data", "from", "file", "return", "new", "object", "set", "current", "value", "get",
-    "first", "item", "list", "check", "user", "name", "string", "number",
-)
-GPT2_DOC_TEMPLATE = ('def {FUNC}(self, {P1}, {P2}, {A}, {B}, {C}, {S}):\n    """{D1} {D2} {D3}\n\n'
-                     '    :param {A}: {W1} {W2}\n    :param {B}: {W3} {W4}\n    :param')
-
-
 def gpt2_text_pairs(task: str, n: int, seed: int) -> list[TextPair]:
-    """``n`` pairs of ``task`` in the published templates (answers carry GPT-2's leading space)."""
-    rng = random.Random(f"saelab.circuits.gpt2:{task}:{seed}")
-    pairs = []
-    for _ in range(n):
-        if task == "ioi":
-            io, s, c = rng.sample(GPT2_NAMES, 3)
-            template = rng.choice(GPT2_IOI_TEMPLATES)
-            first, second = (io, s) if rng.random() < 0.5 else (s, io)
-            fill = dict(A=first, B=second, PLACE=rng.choice(GPT2_PLACES), OBJECT=rng.choice(GPT2_OBJECTS))
-            pairs.append(TextPair(template.format(S2=s, **fill), template.format(S2=c, **fill), (f" {io}",), (f" {s}",)))
-        elif task == "greater_than":
-            century, yy = rng.randint(11, 17), rng.randint(2, 98)
-            text = "The {NOUN} lasted from the year {XX}{YY} to the year {XX}"
-            noun = rng.choice(GPT2_GT_NOUNS)
-            years = [f"{i:02d}" for i in range(100)]
-            pairs.append(TextPair(text.format(NOUN=noun, XX=century, YY=f"{yy:02d}"),
-                                  text.format(NOUN=noun, XX=century, YY="01"), tuple(years[yy + 1:]),
-                                  tuple(years[:yy + 1])))
-        else:
-            args = rng.sample(GPT2_DOC_ARGS, 6)
-            fresh = rng.sample([a for a in GPT2_DOC_ARGS if a not in args], 6)
-            words = {f"D{i}": rng.choice(GPT2_DOC_WORDS) for i in (1, 2, 3)}
-            words.update({f"W{i}": rng.choice(GPT2_DOC_WORDS) for i in (1, 2, 3, 4)})
-            func = rng.choice(GPT2_DOC_WORDS)
-            keys = ("P1", "P2", "A", "B", "C", "S")
-            clean = GPT2_DOC_TEMPLATE.format(FUNC=func, **dict(zip(keys, args, strict=True)), **words)
-            corrupt_args = dict(zip(keys, fresh, strict=True))
-            corrupted = GPT2_DOC_TEMPLATE.format(FUNC=func, **corrupt_args, **words)
-            pairs.append(TextPair(clean, _corrupt_def_only(clean, corrupted), (f" {args[4]}",),
-                                  tuple(f" {a}" for a in args if a != args[4])))
-    return pairs
+    """``n`` pairs of ``task`` in the published templates with the published word lists, unchecked (answers
+    carry GPT-2's leading space); ``natural_text_pairs`` with a tokenizer checks them."""
+    return natural_text_pairs(task, n, seed)
 
 
-def _corrupt_def_only(clean: str, corrupted: str) -> str:
-    """The corrupted def line followed by the clean docstring."""
-    return corrupted.split("\n", 1)[0] + "\n" + clean.split("\n", 1)[1]
-
-
-def text_pairs(task: str, n: int, seed: int = 0, templates: str = "toy") -> list[TextPair]:
-    """``n`` pairs of ``task`` from the ``templates`` family (``toy`` or ``gpt2``)."""
+def text_pairs(task: str, n: int, seed: int = 0, templates: str = "toy", tokenizer=None) -> list[TextPair]:
+    """``n`` pairs of ``task`` from the ``templates`` family (``toy``, or ``natural``/``gpt2`` checked
+    against ``tokenizer`` when given)."""
     check_choice("task", task, TASKS)
     check_choice("templates", templates, TEMPLATE_FAMILIES)
     check_range("n", n, 1, None, integer=True)
-    return (toy_text_pairs if templates == "toy" else gpt2_text_pairs)(task, n, seed)
+    if templates == "toy":
+        return toy_text_pairs(task, n, seed)
+    return natural_text_pairs(task, n, seed, tokenizer)
+
+
+def default_templates(lm) -> str:
+    """``toy`` for the bundled toy model, ``natural`` for every other model."""
+    return "toy" if lm.name == "toy" else "natural"
 
 
 # --- tokenisation -----------------------------------------------------------------------------------
-def single_token_id(tokenizer, text: str) -> int:
-    """The id of ``text`` if the tokenizer keeps it as one token; ``TokenizationError`` otherwise."""
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    if len(ids) != 1:
-        pieces = tokenizer.convert_ids_to_tokens(ids)
-        raise TokenizationError(f"the task needs {text!r} to be one token, but this tokenizer splits it into "
-                                f"{len(ids)} tokens {pieces}; use a tokenizer that keeps task words whole "
-                                f"(e.g. GPT-2's for --templates gpt2, the toy model's for --templates toy)")
-    if tokenizer.unk_token_id is not None and ids[0] == tokenizer.unk_token_id:
-        raise TokenizationError(f"the task needs {text!r} as a token, but this tokenizer does not know it (it "
-                                f"becomes {tokenizer.unk_token!r}); use templates made for this tokenizer")
-    return int(ids[0])
-
-
 def build_batch(lm, task: str, pairs: list[TextPair]) -> TaskBatch:
     """Tokenise ``pairs`` with ``lm``'s tokenizer (BOS prepended when it has one) into a ``TaskBatch``."""
     if not pairs:
@@ -210,20 +149,21 @@ def build_batch(lm, task: str, pairs: list[TextPair]) -> TaskBatch:
                                 f"split by this tokenizer")
     answers = torch.zeros(len(pairs), lm.d_vocab, dtype=torch.bool)
     wrong = torch.zeros_like(answers)
-    cache: dict[str, int] = {}
+    cache: dict[tuple[str, str], int] = {}
     for i, pair in enumerate(pairs):
+        context = pair.clean.rsplit(" ", 1)[-1]  # answers are read as the token after the prompt's last word
         for target, words in ((answers, pair.answers), (wrong, pair.wrong)):
             for word in words:
-                if word not in cache:
-                    cache[word] = single_token_id(lm.tokenizer, word)
-                target[i, cache[word]] = True
+                if (context, word) not in cache:
+                    cache[context, word] = single_token_id(lm.tokenizer, word, context)
+                target[i, cache[context, word]] = True
     end = mask.sum(-1) - 1
     return TaskBatch(task, clean_ids, corrupted_ids, mask, end.cpu(), answers, wrong)
 
 
 def task_batch(lm, task: str, n: int, seed: int = 0, templates: str | None = None) -> TaskBatch:
-    """``n`` tokenised pairs of ``task``; ``templates`` defaults to ``toy`` for the toy model and
-    ``gpt2`` otherwise."""
-    if templates is None:
-        templates = "toy" if lm.name == "toy" else "gpt2"
-    return build_batch(lm, task, text_pairs(task, n, seed, templates))
+    """``n`` tokenised pairs of ``task``; ``templates`` defaults to ``default_templates(lm)`` (``toy`` for
+    the toy model, ``natural``, checked against the model's tokenizer, otherwise)."""
+    templates = default_templates(lm) if templates is None else templates
+    tokenizer = None if templates == "toy" else lm.tokenizer
+    return build_batch(lm, task, text_pairs(task, n, seed, templates, tokenizer))
