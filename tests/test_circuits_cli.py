@@ -47,8 +47,8 @@ def test_compare_writes_table_csv_markdown_and_plots(tmp_path, capsys, one_torch
     assert code == 0
     printed = json.loads(out)
     assert [(r["task"], r["method"]) for r in printed["rows"]] == [
-        ("ioi", "dsae"), ("ioi", "patching"), ("ioi", "eap"), ("ioi", "dsae@last"), ("docstring", "dsae"),
-        ("docstring", "patching"), ("docstring", "eap"), ("docstring", "dsae@last")]
+        ("ioi", "dsae"), ("ioi", "patching"), ("ioi", "eap"), ("ioi", "dsae@mean"), ("docstring", "dsae"),
+        ("docstring", "patching"), ("docstring", "eap"), ("docstring", "dsae@mean")]
     # the toy reference is computed by mean ablation, not by the patching row's own definition
     assert all(r["note"] == "" for r in printed["rows"])
     saved = json.loads((out_dir / "comparison.json").read_text())
@@ -96,7 +96,7 @@ def test_reference_command(capsys, tmp_path, one_torch_thread):
 def test_demo_stage_small(toy_lm, tmp_path):
     section = HtmlReport("t").section("Circuits")
     summary = circuits_demo_stage(toy_lm, None, tmp_path, section, small=True)
-    assert {r["method"] for r in summary["rows"]} == {"dsae", "dsae_edges", "dsae@last", "dsae_edges@last", "patching",
+    assert {r["method"] for r in summary["rows"]} == {"dsae", "dsae_edges", "dsae@mean", "dsae_edges@mean", "patching",
                                                       "eap", "eap_edges", "acdc"}
     assert summary["reference"] and summary["speedups"]["ioi"]["acdc_over_dsae"] > 0
     assert (tmp_path / summary["files"]["roc_ioi"]).exists()

@@ -57,6 +57,8 @@ def _print_summary(summary: dict[str, Any], out: Path) -> None:
     if "circuits" in summary:
         aucs = ", ".join(f"{row['method']} {row['auc']:.2f}" for row in summary["circuits"]["rows"])
         print(f"  circuits:   toy IOI, AUC against the reference heads: {aucs}")
+        if "dsae_rules" in summary["circuits"]:
+            print(f"              {summary['circuits']['dsae_rules']}")
     if "explorer" in summary:
         print(f"  explore:    {summary['explorer']['command']}")
     print(f"  report:     {out / 'index.html'}")

@@ -3,10 +3,11 @@
 - ``discover --model toy --task ioi --method dsae --json``: ranked heads, scores, AUC,
   precision/recall/F1 and ``runtime_s`` of one method against the task's ground truth;
 - ``compare --model toy --tasks ioi,greater_than,docstring --out DIR``: every method, the table as
-  JSON/CSV/Markdown and ROC plots;
+  JSON/CSV/Markdown and ROC plots, and per task how many times faster dsae is than one ACDC run, with
+  both AUCs;
 - ``reference --model toy --out FILE``: recompute the toy model's reference circuits;
-- ``dsae-sweep --model toy --json``: the discrete SAE's AUC over position rules, codebook sizes and
-  numbers of training examples (mean and spread over SAE seeds).
+- ``dsae-sweep --model toy --json``: the discrete SAE's AUC over position rules, loss normalisations,
+  L1 coefficients, codebook sizes and numbers of training examples (mean and spread over SAE seeds).
 """
 
 from __future__ import annotations
@@ -21,16 +22,30 @@ from saelab.cli_args import add_model_arguments, add_threads_argument, apply_thr
 def _add_discovery_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pairs", type=int, default=100, help="clean/corrupted pairs every method sees (default 100)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the prompts (default 0)")
-    parser.add_argument("--templates", choices=("toy", "gpt2"), default=None,
-                        help="prompt templates (default: toy for the toy model, gpt2 otherwise)")
-    parser.add_argument("--dsae-examples", type=int, default=10, help="discrete SAE training prompts (default 10)")
-    parser.add_argument("--dsae-codebook", type=int, default=200, help="discrete SAE latents (default 200)")
-    parser.add_argument("--dsae-l1", type=float, default=0.02, help="discrete SAE L1 coefficient (default 0.02)")
-    parser.add_argument("--dsae-epochs", type=int, default=50,
-                        help="discrete SAE full-batch epochs, at most (default 50; the paper: 500 at lr 1e-3)")
-    parser.add_argument("--dsae-lr", type=float, default=1e-2, help="discrete SAE Adam learning rate (default 1e-2)")
-    parser.add_argument("--dsae-position", choices=("mean", "last"), default="mean",
-                        help="position rule of the per-head outputs (default mean, as in the paper)")
+    parser.add_argument("--templates", choices=("toy", "natural", "gpt2"), default=None,
+                        help="prompt templates: toy, or natural (the published ones, checked against the model's "
+                             "tokenizer; gpt2 is its former name); default: toy for the toy model, natural otherwise")
+    from saelab.circuits.discrete_sae import LOSS_NORMS
+    from saelab.circuits.dsae import DSAEConfig
+    from saelab.circuits.heads import POSITION_RULE_HELP, POSITION_RULES
+
+    dsae = DSAEConfig()
+    parser.add_argument("--dsae-examples", type=int, default=dsae.n_train,
+                        help=f"discrete SAE training prompts (default {dsae.n_train})")
+    parser.add_argument("--dsae-codebook", type=int, default=dsae.codebook,
+                        help=f"discrete SAE latents (default {dsae.codebook})")
+    parser.add_argument("--dsae-l1", type=float, default=dsae.l1,
+                        help=f"discrete SAE L1 coefficient (default {dsae.l1}; the paper: 0.02)")
+    parser.add_argument("--dsae-epochs", type=int, default=dsae.epochs,
+                        help=f"discrete SAE full-batch epochs, at most (default {dsae.epochs}; the paper: 500 at lr 1e-3)")
+    parser.add_argument("--dsae-lr", type=float, default=dsae.lr, help=f"discrete SAE Adam learning rate (default {dsae.lr})")
+    parser.add_argument("--dsae-position", choices=POSITION_RULES, default=dsae.position,
+                        help=f"position rule of the per-head outputs (default {dsae.position}): "
+                             + "; ".join(f"{k}: {v}" for k, v in POSITION_RULE_HELP.items()))
+    parser.add_argument("--dsae-loss-norm", choices=LOSS_NORMS, default=dsae.loss_norm,
+                        help=f"discrete SAE loss normalisation (default {dsae.loss_norm}): paper = squared error "
+                             "averaged over elements on raw activations, as the authors' code; sum_rescaled = summed "
+                             "over dimensions on inputs rescaled to unit mean squared norm")
     parser.add_argument("--acdc-metric", choices=("kl", "task"), default="kl", help="ACDC metric (default kl)")
     parser.add_argument("--acdc-threshold", type=float, default=0.01, help="ACDC threshold tau (default 0.01)")
     parser.add_argument("--acdc-sweep", default="1e-4,3e-4,1e-3,3e-3,1e-2,3e-2,1e-1,3e-1,1",
@@ -56,7 +71,8 @@ def discovery_from_args(args: argparse.Namespace):
     return DiscoveryConfig(
         n_pairs=args.pairs, seed=args.seed, templates=args.templates,
         dsae=DSAEConfig(n_train=args.dsae_examples, codebook=args.dsae_codebook, l1=args.dsae_l1,
-                        epochs=args.dsae_epochs, lr=args.dsae_lr, position=args.dsae_position),
+                        epochs=args.dsae_epochs, lr=args.dsae_lr, position=args.dsae_position,
+                        loss_norm=args.dsae_loss_norm),
         acdc=ACDCConfig(metric=args.acdc_metric, threshold=args.acdc_threshold,
                         sweep=_floats(args.acdc_sweep, "--acdc-sweep")))
 
@@ -101,8 +117,8 @@ def run_compare(args: argparse.Namespace) -> int:
         print(json.dumps({k: out[k] for k in ("model", "rows", "speedups", "files")}, indent=2))
     else:
         print(markdown_table(out["rows"]), end="")
-        for task, ratio in out["speedups"].items():
-            print(f"{task}: ACDC / dsae runtime = {ratio['acdc_over_dsae']}x (sweep: {ratio['acdc_sweep_over_dsae']}x)")
+        for entry in out["speedups"].values():
+            print(entry["line"])
         print(f"wrote {', '.join(out['files'].values())}")
     return 0
 
@@ -141,7 +157,9 @@ def run_dsae_sweep(args: argparse.Namespace) -> int:
     cfg = DSAESweepConfig(tasks=tuple(t.strip() for t in args.tasks.split(",") if t.strip()),
                           positions=tuple(p.strip() for p in args.positions.split(",") if p.strip()),
                           codebooks=_ints(args.codebooks, "--codebooks"), n_trains=_ints(args.examples, "--examples"),
-                          seeds=args.seeds, discovery=discovery_from_args(args))
+                          seeds=args.seeds, discovery=discovery_from_args(args),
+                          loss_norms=tuple(n.strip() for n in args.loss_norms.split(",") if n.strip()),
+                          l1s=_floats(args.l1s, "--l1s"))
     lm = model_from_args(args)
     rows = dsae_sweep(lm, cfg, progress=not args.json)
     if args.out:
@@ -156,7 +174,9 @@ def run_dsae_sweep(args: argparse.Namespace) -> int:
 
 
 def register(subparsers) -> None:
+    from saelab.circuits.compare import EXTRA_DSAE_POSITIONS
     from saelab.circuits.discover import METHODS
+    from saelab.circuits.dsae import DSAEConfig
     from saelab.circuits.reference import REFERENCE_PAIRS, REFERENCE_THRESHOLD
     from saelab.circuits.tasks import TASKS
 
@@ -178,8 +198,9 @@ def register(subparsers) -> None:
     compare.add_argument("--tasks", default=",".join(TASKS), help="comma-separated tasks (default all)")
     compare.add_argument("--methods", default=",".join(METHODS), help="comma-separated methods (default all)")
     compare.add_argument("--out", required=True, help="output folder")
-    compare.add_argument("--extra-dsae-positions", default="last",
-                         help="position rules whose dsae rows are added besides --dsae-position (default last; '' for none)")
+    compare.add_argument("--extra-dsae-positions", default=",".join(EXTRA_DSAE_POSITIONS),
+                         help="position rules whose dsae rows are added besides --dsae-position (default "
+                              f"{','.join(EXTRA_DSAE_POSITIONS)}: the paper's rule; '' for none)")
     compare.add_argument("--json", action="store_true", help="print JSON")
     _add_discovery_arguments(compare)
     compare.set_defaults(func=run_compare)
@@ -196,7 +217,10 @@ def register(subparsers) -> None:
 
     sweep = sub.add_parser("dsae-sweep", help="discrete-SAE AUC over position rule, codebook size and examples")
     sweep.add_argument("--tasks", default=",".join(TASKS), help="comma-separated tasks (default all)")
-    sweep.add_argument("--positions", default="mean,last", help="position rules (default mean,last)")
+    positions = ",".join(dict.fromkeys((DSAEConfig().position, "mean")))
+    sweep.add_argument("--positions", default=positions, help=f"position rules (default {positions})")
+    sweep.add_argument("--loss-norms", default="", help="loss normalisations, e.g. paper,sum_rescaled (default: --dsae-loss-norm)")
+    sweep.add_argument("--l1s", default="", help="L1 coefficients, e.g. 1e-3,2e-2 (default: --dsae-l1)")
     sweep.add_argument("--codebooks", default="50,200,800", help="codebook sizes (default 50,200,800)")
     sweep.add_argument("--examples", default="6,10,25,50", help="training examples (default 6,10,25,50)")
     sweep.add_argument("--seeds", type=int, default=3, help="SAE seeds per cell (default 3)")

@@ -7,7 +7,8 @@ sweep; a method whose first run takes under ``QUICK_S`` seconds is run ``REPEATS
 prompts and seeds, giving the same scores, and its runtime is the median: single sub-second timings on a
 shared CPU are noisy), ``note``. Each task starts with an untimed forward pass (``warm_up``). When a ground truth was computed by per-head activation patching (its source says
 so), the patching row is marked: it scores against its own definition. The toy reference circuits are
-computed by mean ablation (``saelab.circuits.reference``), so no row of theirs is.
+computed by mean ablation (``saelab.circuits.reference``), so no row of theirs is. ``speedups``: per
+task, one ACDC run's runtime over dsae's, beside both AUCs (``line``: the sentence the CLI prints).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from saelab.circuits.acdc import ACDCConfig
 from saelab.circuits.discover import METHODS, DiscoveryConfig, discover, task_batches
 from saelab.circuits.dsae import POSITION_RULES, DSAEConfig
 from saelab.circuits.ground_truth import ground_truth_for
+from saelab.circuits.heads import POSITION_RULE_HELP
 from saelab.circuits.plots import plot_roc
 from saelab.circuits.tasks import TASKS
 from saelab.errors import ConfigError, check_choice
@@ -36,19 +38,21 @@ TABLE_COLUMNS = ("task", "method", "auc", "f1", "precision", "recall", "f1_at_tr
 QUICK_S = 1.0
 REPEATS = 3
 SELF_REFERENCE_NOTE = "reference computed by this method (scores against its own definition)"
+EXTRA_DSAE_POSITIONS = ("mean",)  # the paper's position rule, shown next to the default one
 
 
 @dataclass(frozen=True)
 class CompareConfig:
     """Tasks and methods to compare, with the shared discovery settings; ``ground_truths`` maps a
     task to a ground-truth name (default: ``default_ground_truth_name``). ``extra_dsae_positions``:
-    position rules besides ``discovery.dsae.position`` whose dsae rows are added (``dsae@last``...)."""
+    position rules besides ``discovery.dsae.position`` whose dsae rows are added (``dsae@mean``...;
+    default: the paper's rule, ``EXTRA_DSAE_POSITIONS``)."""
 
     tasks: tuple[str, ...] = TASKS
     methods: tuple[str, ...] = METHODS
     discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
     ground_truths: dict[str, str] = field(default_factory=dict)
-    extra_dsae_positions: tuple[str, ...] = ("last",)
+    extra_dsae_positions: tuple[str, ...] = EXTRA_DSAE_POSITIONS
 
     def __post_init__(self):
         for position in self.extra_dsae_positions:
@@ -85,16 +89,50 @@ def csv_table(rows: list[dict], columns: tuple[str, ...] = TABLE_COLUMNS) -> str
     return buffer.getvalue()
 
 
-def speedups(rows: list[dict]) -> dict:
-    """Per task, ACDC's runtime (single run and sweep) over the discrete SAE's."""
+def speedups(rows: list[dict], results: dict | None = None) -> dict:
+    """Per task with a dsae and an acdc row: one ACDC run's runtime over the discrete SAE's
+    (``acdc_over_dsae``; the sweep's: ``acdc_sweep_over_dsae``), both AUCs beside it (ACDC's from its
+    sweep when it has one) and ``line``, the sentence the CLI prints. ``results``: ``compare``'s
+    per-task summaries, for ACDC's threshold, metric and number of prompt pairs."""
     out = {}
     for task in dict.fromkeys(r["task"] for r in rows):
         by = {r["method"]: r for r in rows if r["task"] == task}
-        if "dsae" in by and "acdc" in by and by["dsae"]["runtime_s"] > 0:
-            out[task] = {"acdc_over_dsae": round(by["acdc"]["runtime_s"] / by["dsae"]["runtime_s"], 2),
-                         "acdc_sweep_over_dsae": round(by["acdc"]["sweep_runtime_s"] / by["dsae"]["runtime_s"], 2)
-                         if by["acdc"]["sweep_runtime_s"] != "" else None}
+        if "dsae" not in by or "acdc" not in by or by["dsae"]["runtime_s"] <= 0:
+            continue
+        dsae, acdc = by["dsae"], by["acdc"]
+        info = (results or {}).get(task, {}).get("acdc", {})
+        sweep = acdc["sweep_runtime_s"]
+        entry = {"acdc_over_dsae": round(acdc["runtime_s"] / dsae["runtime_s"], 2),
+                 "acdc_sweep_over_dsae": round(sweep / dsae["runtime_s"], 2) if sweep != "" else None,
+                 "dsae_runtime_s": dsae["runtime_s"], "acdc_runtime_s": acdc["runtime_s"],
+                 "dsae_auc": dsae["auc"], "acdc_auc": acdc["auc"], "acdc_threshold": info.get("threshold"),
+                 "acdc_metric": info.get("metric"), "acdc_engine": info.get("engine"),
+                 "acdc_sweep_thresholds": len(info.get("sweep_thresholds") or []), "n_prompts": info.get("n_prompts")}
+        entry["line"] = speed_line(task, entry)
+        out[task] = entry
     return out
+
+
+def speed_line(task: str, entry: dict) -> str:
+    """``speedups``' sentence: how many times faster dsae is than one ACDC run, at which threshold, on
+    which prompts, with both AUCs."""
+    ratio = entry["acdc_over_dsae"]
+    faster = (f"dsae is {ratio:.3g}x faster than one ACDC run" if ratio >= 1
+              else f"one ACDC run is {1 / ratio:.3g}x faster than dsae")
+    setting = ", ".join(part for part in (
+        f"tau={entry['acdc_threshold']:g}" if entry["acdc_threshold"] is not None else "",
+        f"metric {entry['acdc_metric']}" if entry["acdc_metric"] else "",
+        f"{entry['acdc_engine']} engine" if entry["acdc_engine"] else "") if part)
+    prompts = f"same {entry['n_prompts']} prompt pairs" if entry["n_prompts"] else "same prompt pairs"
+    n_sweep = entry["acdc_sweep_thresholds"]
+    source = (f"ACDC's from its {n_sweep}-threshold sweep, which took {entry['acdc_sweep_over_dsae']:.3g}x dsae's "
+              f"runtime" if n_sweep and entry["acdc_sweep_over_dsae"] is not None else "ACDC's from its one run")
+    gap = entry["acdc_auc"] - entry["dsae_auc"]
+    quality = ("dsae's AUC is at least ACDC's" if gap <= 0
+               else f"dsae's AUC is {gap:.3f} lower: not at equal quality")
+    return (f"{task}: {faster} (dsae {entry['dsae_runtime_s']:.3g} s, ACDC {entry['acdc_runtime_s']:.3g} s at "
+            f"{setting or 'its settings'}; {prompts}); AUC dsae {entry['dsae_auc']:.3f} vs ACDC "
+            f"{entry['acdc_auc']:.3f} ({source}); {quality}")
 
 
 @torch.no_grad()
@@ -133,7 +171,7 @@ def compare(lm, cfg: CompareConfig, out_dir: Path | None = None, progress: bool 
         summary = result.summary(truths[task].heads)
         results.setdefault(task, {})[result.method] = summary
         rows.append(table_row(summary, truths[task].source))
-    output = {"model": lm.name, "rows": rows, "speedups": speedups(rows), "results": results,
+    output = {"model": lm.name, "rows": rows, "speedups": speedups(rows, results), "results": results,
               "ground_truths": {t: g.to_json() for t, g in truths.items()}, "files": {}}
     if out_dir is not None:
         out_dir = Path(out_dir)
@@ -150,25 +188,29 @@ def compare(lm, cfg: CompareConfig, out_dir: Path | None = None, progress: bool 
 
 
 def circuits_demo_stage(lm, sae, out_dir: Path, section, small: bool) -> dict:
-    """The demo's circuit stage: every method on the toy IOI task against the toy reference circuit.
+    """The demo's circuit stage: every method on the toy IOI task against the toy reference circuit, with
+    the discrete SAE under its default position rule (``dsae``) and the paper's (``dsae@mean``).
     ``sae`` is unused (the discrete SAE is trained here on per-head outputs). ``small``: a tiny variant
-    (8 pairs, one ACDC threshold and no sweep, 6 SAE training prompts) for tests; the normal one (30 pairs, 3 ACDC sweep thresholds) takes about 20-30 s on 2 busy CPU
-    cores. Writes ``out_dir/circuits/`` and adds the table and ROC plot to ``section``."""
+    (8 pairs, one ACDC threshold and no sweep, 6 SAE training prompts) for tests; the normal one (30
+    pairs, 3 ACDC sweep thresholds) takes about 20-30 s on 2 busy CPU cores. Writes ``out_dir/circuits/``
+    and adds the table and ROC plot to ``section``."""
     del sae
     discovery = DiscoveryConfig(
         n_pairs=8 if small else 30,
         dsae=DSAEConfig(n_train=6 if small else 10),
         acdc=ACDCConfig(threshold=0.01, sweep=() if small else (0.003, 0.03, 0.3)))
     start = time.perf_counter()
-    result = compare(lm, CompareConfig(tasks=("ioi",), discovery=discovery), Path(out_dir) / "circuits",
-                     progress=False)
+    result = compare(lm, CompareConfig(tasks=("ioi",), discovery=discovery, extra_dsae_positions=EXTRA_DSAE_POSITIONS),
+                     Path(out_dir) / "circuits", progress=False)
     truth = result["ground_truths"]["ioi"]
+    rule = discovery.dsae.position
+    rules = (f"dsae: position rule {rule} ({POSITION_RULE_HELP[rule]}); dsae@mean: {POSITION_RULE_HELP['mean']}; "
+             f"both with the {discovery.dsae.loss_norm} loss normalisation, l1 {discovery.dsae.l1:g}")
     section.paragraph(f"Circuit discovery on the toy IOI task ({discovery.n_pairs} clean/corrupted pairs) against "
-                      f"the reference circuit {', '.join(truth['heads'])} ({truth['source']}). dsae: a discrete SAE "
-                      f"on per-head outputs from {discovery.dsae.n_train} prompts (O'Neill & Bui 2024), with the "
-                      f"paper's position rule (mean over positions) and, as dsae@last, the final position.")
+                      f"the reference circuit {', '.join(truth['heads'])} ({truth['source']}). A discrete SAE "
+                      f"on per-head outputs from {discovery.dsae.n_train} prompts (O'Neill & Bui 2024). {rules}.")
     section.table(result["rows"], list(TABLE_COLUMNS))
     section.image(Path(result["files"]["roc_ioi"]), alt="ROC curves of the circuit-discovery methods on IOI")
-    return {"rows": result["rows"], "speedups": result["speedups"], "reference": truth["heads"],
+    return {"rows": result["rows"], "speedups": result["speedups"], "reference": truth["heads"], "dsae_rules": rules,
             "runtime_s": round(time.perf_counter() - start, 2),
             "files": {k: str(Path(v).relative_to(out_dir)) for k, v in result["files"].items()}}
