@@ -37,15 +37,32 @@ def plot_training_curves(run_dir: str | Path, out: str | Path | None = None) -> 
     if not curves:
         raise SaelabError(f"{Path(run_dir) / METRICS_FILE} holds no metrics lines")
     plt = pyplot()
+    styles = line_styles(curves)
     fig, axes = plt.subplots(1, len(PANELS), figsize=(5 * len(PANELS), 3.8))
     for ax, (key, title) in zip(axes, PANELS, strict=True):
         for name, rows in curves.items():
             points = [(r["tokens"], r[key]) for r in rows if isinstance(r.get(key), (int, float)) and r[key] > 0]
             if points:
-                ax.plot(*zip(*points, strict=True), marker=".", label=name)
+                ax.plot(*zip(*points, strict=True), label=name, **styles[name])
         ax.set_xlabel("training tokens")
         ax.set_title(title)
         ax.set_yscale("log")
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="center left", bbox_to_anchor=(1.0, 0.5),
+               fontsize=7, ncol=1 + len(curves) // 20)
+    fig.tight_layout()
     return save_png(fig, out or Path(run_dir) / CURVES_FILE)
+
+
+def line_styles(curves: dict[str, list[dict]]) -> dict[str, dict]:
+    """One colour per architecture and one marker/dash per SAE within it (a sweep's many SAEs stay
+    tellable apart); SAEs without an architecture get a colour each."""
+    archs = list(dict.fromkeys(rows[0].get("architecture", name) for name, rows in curves.items()))
+    seen: dict[str, int] = {}
+    styles = {}
+    for name, rows in curves.items():
+        arch = rows[0].get("architecture", name)
+        index = seen[arch] = seen.get(arch, -1) + 1
+        styles[name] = {"color": f"C{archs.index(arch) % 10}", "marker": ".os^vD"[index % 6], "markersize": 3,
+                        "linestyle": ("-", "--", ":", "-.")[index % 4]}
+    return styles
