@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -149,3 +150,21 @@ def test_a_seeded_sweep_runs_each_seed_in_its_folder_and_plots_spreads(tmp_path)
         run_seeded_sweep(lm, config, [1, 1], tmp_path / "bad")
     with pytest.raises(ConfigError, match="adam_betas"):
         SweepConfig(hook=HOOK, adam_betas=(0.9, 1.0))
+
+
+def test_a_seeded_sweep_reads_finished_seeds_instead_of_rerunning(tmp_path, monkeypatch):
+    import saelab.eval.sweep as sweep_module
+
+    config = SweepConfig(hook=HOOK, archs=("topk",), points=1, train_tokens=512, batch_size=256)
+    done = {"config": json.loads(json.dumps({**config.to_dict(), "seed": 1})), "rows": [], "hook": HOOK}
+    (tmp_path / "seed1").mkdir()
+    (tmp_path / "seed1" / "sweep.json").write_text(json.dumps(done))
+    assert sweep_module.finished_sweep(tmp_path / "seed1", replace(config, seed=1)) == done
+    assert sweep_module.finished_sweep(tmp_path / "seed1", replace(config, seed=1, lr=3e-3)) is None  # other settings
+    assert sweep_module.finished_sweep(tmp_path / "seed0", config) is None  # nothing there
+    ran = []
+    monkeypatch.setattr(sweep_module, "run_sweep", lambda lm, cfg, out, **kw: ran.append(cfg.seed) or {})
+    monkeypatch.setattr(sweep_module, "finished_sweep", lambda folder, cfg: done if cfg.seed == 1 else None)
+    with pytest.raises(KeyError):  # the stub sweeps hold nothing to aggregate; only which seeds ran matters
+        sweep_module.run_seeded_sweep(None, config, [0, 1, 2], tmp_path)
+    assert ran == [0, 2]

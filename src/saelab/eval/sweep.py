@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import os
 from dataclasses import asdict, dataclass, field
@@ -319,9 +320,22 @@ def seed_matched_l0(mean_rows: list[dict], per_seed_rows: list[list[dict]]) -> l
     return matched
 
 
+def finished_sweep(folder: Path, config: SweepConfig) -> dict | None:
+    """The ``sweep.json`` in ``folder`` when it was written by a sweep of exactly ``config`` (seed
+    included), else None. ``progress`` does not count as a setting."""
+    path = folder / "sweep.json"
+    if not path.is_file():
+        return None
+    done = json.loads(path.read_text())  # written atomically by run_sweep
+    wanted = {**json.loads(json.dumps(config.to_dict())), "progress": None}
+    return done if {**done.get("config", {}), "progress": None} == wanted else None
+
+
 def run_seeded_sweep(lm: LoadedModel, config: SweepConfig, seeds: list[int], out_dir: str | os.PathLike, *,
                      cache: str | None = None, resume: bool = False) -> dict:
-    """``run_sweep`` once per seed (initialisation and data order) under ``out_dir/seed{s}``, then the
+    """``run_sweep`` once per seed (initialisation and data order) under ``out_dir/seed{s}`` (a seed whose
+    folder already holds a finished sweep of the same settings is read, not rerun, so seeds may run as
+    separate processes and be gathered here), then the
     seed spread of every point (``seed_spread_rows``), the matched-L0 comparison on the means with each
     seed's ordering (``seed_matched_l0``), and plots with error bars (one standard deviation over seeds)
     in ``out_dir``."""
@@ -330,7 +344,8 @@ def run_seeded_sweep(lm: LoadedModel, config: SweepConfig, seeds: list[int], out
     if not seeds or len(set(seeds)) != len(seeds):
         raise ConfigError(f"seeds={seeds!r} must list at least one seed, each once")
     out = Path(out_dir)
-    sweeps = [run_sweep(lm, replace(config, seed=seed), out / f"seed{seed}", cache=cache, resume=resume)
+    sweeps = [finished_sweep(out / f"seed{seed}", replace(config, seed=seed))
+              or run_sweep(lm, replace(config, seed=seed), out / f"seed{seed}", cache=cache, resume=resume)
               for seed in seeds]
     per_seed_rows = [s["rows"] for s in sweeps]
     rows = seed_spread_rows(per_seed_rows)
