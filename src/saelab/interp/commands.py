@@ -62,7 +62,21 @@ def register(subparsers) -> None:
                    help="activation-quantile bins the activating contexts are drawn from (default 10)")
     p.add_argument("--n-non-activating", type=int, default=10,
                    help="held-out random contexts where the latent is silent (default 10)")
-    p.add_argument("--out", default="autointerp_results", help="folder for results.json and the LLM call cache")
+    p.add_argument("--out", default=None,
+                   help="folder for results.json and the LLM call cache (default autointerp_results, or "
+                        "autointerp_results_BASELINE with --baseline)")
+    p.add_argument("--baseline", default=None, choices=("neurons", "random", "pca"),
+                   help="score baseline units at the SAE's hook instead of its latents: the site's coordinates, "
+                        "seeded random directions or principal components (saelab.interp.baselines)")
+    p.add_argument("--baseline-signs", default=None, choices=("positive", "both"),
+                   help="positive part only, or each direction's positive and negative part as units 2i, 2i+1 "
+                        "(default: both for neurons and pca, positive for random)")
+    p.add_argument("--baseline-units", type=int, default=None, help="number of random directions (default d_in)")
+    p.add_argument("--baseline-density", default=None,
+                   help="threshold each unit to fire on this fraction of the fit tokens, or 'sae' for the SAE's "
+                        "mean latent density (default: fire wherever the projection is positive)")
+    p.add_argument("--baseline-fit-tokens", type=int, default=20_000,
+                   help="tokens of the source the PCA and thresholds are fitted on (default 20000)")
     p.set_defaults(func=run_autointerp_command)
 
 
@@ -127,7 +141,8 @@ def run_autointerp_command(args: argparse.Namespace) -> int:
     from saelab.interp.llm import LLMClient, LLMConfig
 
     check_choice("--explainer", args.explainer, ("tokens", "llm"))
-    out = Path(args.out)
+    baseline_cfg = _baseline_config(args)
+    out = Path(args.out or ("autointerp_results" + (f"_{args.baseline}" if args.baseline else "")))
     setup: dict[str, Any] = {"sae": str(args.sae_dir), "features": args.features, "tokens": args.tokens}
     if args.explainer == "llm":
         if not args.base_url or not args.model:
@@ -143,6 +158,8 @@ def run_autointerp_command(args: argparse.Namespace) -> int:
                            n_non_activating=args.n_non_activating, seed=args.seed, progress=not args.no_progress)
     apply_threads(args)
     lm, sae, hook = _load(args, args.lm)
+    if baseline_cfg is not None:
+        sae, setup["baseline"] = _baseline(args, baseline_cfg, lm, sae, hook)
     # Random contexts are shared by all latents and a dense latent fires in many: draw 4x the silent ones
     # needed. Quantile groups: one per bin, with room for the examples the explainer sees.
     data = _gather(args, lm, sae, hook, n_random=max(20, 4 * cfg.n_non_activating), n_quantiles=cfg.n_quantiles,
@@ -158,3 +175,43 @@ def run_autointerp_command(args: argparse.Namespace) -> int:
         print(f"#{r['feature']:<6} {scores}  {r['explanation'] or r['error']}")
     print_table({**report["summary"], "results": str(out / "results.json")})
     return 0
+
+
+def _baseline_config(args: argparse.Namespace):
+    """The ``BaselineConfig`` of the ``--baseline*`` options, or None without ``--baseline``."""
+    from saelab.interp.baselines import BaselineConfig
+
+    if args.baseline is None:
+        given = [flag for flag, value in (("--baseline-signs", args.baseline_signs),
+                                          ("--baseline-units", args.baseline_units),
+                                          ("--baseline-density", args.baseline_density)) if value is not None]
+        if given:
+            raise ConfigError(f"{', '.join(given)} need --baseline neurons|random|pca")
+        return None
+    density = args.baseline_density
+    if density is not None and density != "sae":
+        try:
+            density = float(density)
+        except ValueError:
+            raise ConfigError(f"--baseline-density={density!r} is not accepted; accepted: a fraction in (0, 1] "
+                              "or 'sae'") from None
+    return BaselineConfig(args.baseline, signs=args.baseline_signs, n_units=args.baseline_units, density=density,
+                          fit_tokens=args.baseline_fit_tokens, seed=args.seed)
+
+
+def _baseline(args: argparse.Namespace, cfg, lm, sae, hook):
+    """(the baseline coder at ``hook``, what its units are for the recorded setup)."""
+    from saelab.interp.baselines import build_baseline, fit_activations
+    from saelab.interp.selection import FeatureIndexError, parse_features
+
+    x_fit = None
+    if cfg.needs_fit:
+        x_fit = fit_activations(lm, hook, source_from_args(args), cfg.fit_tokens, args.context_size,
+                                not args.no_prepend_bos, args.model_batch_size, not args.include_special_tokens)
+    baseline = build_baseline(sae, cfg, x_fit)
+    try:
+        features = parse_features(args.features, baseline.sae.cfg.d_sae)
+    except FeatureIndexError as exc:
+        raise ConfigError(f"--baseline {cfg.kind} has {baseline.sae.cfg.d_sae} units ({cfg.signs} signs); "
+                          f"--features: {exc}") from None
+    return baseline.sae, baseline.describe(features)
