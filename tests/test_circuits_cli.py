@@ -97,7 +97,7 @@ def test_demo_stage_small(toy_lm, tmp_path):
     section = HtmlReport("t").section("Circuits")
     summary = circuits_demo_stage(toy_lm, None, tmp_path, section, small=True)
     assert {r["method"] for r in summary["rows"]} == {"dsae", "dsae_edges", "dsae@mean", "dsae_edges@mean", "patching",
-                                                      "eap", "eap_edges", "acdc"}
+                                                      "eap", "eap_edges", "acdc", "acdc_nodes"}
     assert summary["reference"] and summary["speedups"]["ioi"]["acdc_over_dsae"] > 0
     assert (tmp_path / summary["files"]["roc_ioi"]).exists()
     assert json.loads(json.dumps(summary)) == summary

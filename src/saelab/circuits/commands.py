@@ -5,7 +5,8 @@
 - ``compare --model toy --tasks ioi,greater_than,docstring --out DIR``: every method, the table as
   JSON/CSV/Markdown and ROC plots, and per task how many times faster dsae is than one ACDC run, with
   both AUCs;
-- ``reference --model toy --out FILE``: recompute the toy model's reference circuits;
+- ``reference --model toy --out FILE``: recompute the toy model's reference circuits (``--truth-dir DIR``:
+  also one ground-truth file per task, for ``compare --ground-truth TASK=DIR/TASK.json``);
 - ``dsae-sweep --model toy --json``: the discrete SAE's AUC over position rules, loss normalisations,
   L1 coefficients, codebook sizes and numbers of training examples (mean and spread over SAE seeds).
 """
@@ -46,8 +47,8 @@ def _add_discovery_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"discrete SAE loss normalisation (default {dsae.loss_norm}): paper = squared error "
                              "averaged over elements on raw activations, as the authors' code; sum_rescaled = summed "
                              "over dimensions on inputs rescaled to unit mean squared norm")
-    parser.add_argument("--acdc-metric", choices=("kl", "task"), default="kl", help="ACDC metric (default kl)")
-    parser.add_argument("--acdc-threshold", type=float, default=0.01, help="ACDC threshold tau (default 0.01)")
+    parser.add_argument("--acdc-metric", choices=("kl", "task"), default="kl", help="ACDC metric, edge- and head-level (default kl)")
+    parser.add_argument("--acdc-threshold", type=float, default=0.01, help="ACDC threshold tau, edge- and head-level (default 0.01)")
     parser.add_argument("--acdc-sweep", default="1e-4,3e-4,1e-3,3e-3,1e-2,3e-2,1e-1,3e-1,1",
                         help="comma-separated thresholds of the ACDC ROC sweep ('' for none)")
     add_model_arguments(parser, required=False)
@@ -103,13 +104,30 @@ def run_discover(args: argparse.Namespace) -> int:
     return 0
 
 
+def _task_files(items: list[str] | None) -> dict[str, str]:
+    """``["ioi=FILE", ...]`` (``--ground-truth``) -> ``{"ioi": "FILE"}``."""
+    from saelab.circuits.tasks import TASKS
+    from saelab.errors import ConfigError, check_choice
+
+    out: dict[str, str] = {}
+    for item in items or []:
+        task, sep, name = item.partition("=")
+        if not sep or not name.strip():
+            raise ConfigError(f"--ground-truth {item!r} must be TASK=NAME_OR_FILE, e.g. ioi=runs/gt/ioi.json")
+        check_choice("--ground-truth task", task.strip(), TASKS)
+        if task.strip() in out:
+            raise ConfigError(f"--ground-truth names task {task.strip()!r} twice")
+        out[task.strip()] = name.strip()
+    return out
+
+
 def run_compare(args: argparse.Namespace) -> int:
     from saelab.circuits.compare import CompareConfig, compare, markdown_table
 
     apply_threads(args)
     cfg = CompareConfig(tasks=tuple(t.strip() for t in args.tasks.split(",") if t.strip()),
                         methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()),
-                        discovery=discovery_from_args(args),
+                        discovery=discovery_from_args(args), ground_truths=_task_files(args.ground_truth),
                         extra_dsae_positions=tuple(p.strip() for p in args.extra_dsae_positions.split(",") if p.strip()))
     lm = model_from_args(args)
     out = compare(lm, cfg, Path(args.out), progress=not args.json)
@@ -124,18 +142,30 @@ def run_compare(args: argparse.Namespace) -> int:
 
 
 def run_reference(args: argparse.Namespace) -> int:
-    from saelab.circuits.reference import reference_circuits
+    from saelab.circuits.reference import ground_truth_entries, reference_circuits
     from saelab.fileio import atomic_write_json
 
     apply_threads(args)
+    tasks = tuple(t.strip() for t in args.tasks.split(",") if t.strip())
     lm = model_from_args(args)
-    reference = reference_circuits(lm, n=args.pairs, threshold=args.threshold)
+    command = " ".join(["saelab circuits reference", "--model", args.model, "--pairs", str(args.pairs),
+                        "--threshold", str(args.threshold), "--tasks", ",".join(tasks)]
+                       + (["--templates", args.templates] if args.templates else [])
+                       + (["--out", args.out] if args.out else []) + (["--truth-dir", args.truth_dir] if args.truth_dir else []))
+    reference = reference_circuits(lm, n=args.pairs, threshold=args.threshold, tasks=tasks, progress=not args.json,
+                                   command=command, templates=args.templates)
     if args.out:
         atomic_write_json(args.out, reference)
     summary = {f"{task}.heads": c["heads"] for task, c in reference["circuits"].items()}
     summary["method"] = reference["method"]
     if args.out:
         summary["written"] = args.out
+    if args.truth_dir:
+        for task, entry in ground_truth_entries(reference).items():
+            path = Path(args.truth_dir) / f"{task}.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(path, entry)
+            summary[f"{task}.ground_truth"] = str(path)
     emit(summary, args.json)
     return 0
 
@@ -198,6 +228,9 @@ def register(subparsers) -> None:
     compare.add_argument("--tasks", default=",".join(TASKS), help="comma-separated tasks (default all)")
     compare.add_argument("--methods", default=",".join(METHODS), help="comma-separated methods (default all)")
     compare.add_argument("--out", required=True, help="output folder")
+    compare.add_argument("--ground-truth", action="append", default=None, metavar="TASK=NAME_OR_FILE",
+                         help="ground truth of one task, a shipped name or a JSON file (repeatable; default: "
+                              "toy:TASK for the toy model, else the published one), e.g. ioi=runs/gt/ioi.json")
     compare.add_argument("--extra-dsae-positions", default=",".join(EXTRA_DSAE_POSITIONS),
                          help="position rules whose dsae rows are added besides --dsae-position (default "
                               f"{','.join(EXTRA_DSAE_POSITIONS)}: the paper's rule; '' for none)")
@@ -205,11 +238,18 @@ def register(subparsers) -> None:
     _add_discovery_arguments(compare)
     compare.set_defaults(func=run_compare)
 
-    reference = sub.add_parser("reference", help="recompute the toy reference circuits (mean ablation per head and per path)")
+    reference = sub.add_parser("reference", help="reference circuits by mean ablation (per head, then per path where the "
+                                                 "head graph exists)")
     reference.add_argument("--pairs", type=int, default=REFERENCE_PAIRS, help=f"pairs per task (default {REFERENCE_PAIRS})")
     reference.add_argument("--threshold", type=float, default=REFERENCE_THRESHOLD,
                            help=f"fraction of the clean - corrupted metric gap (default {REFERENCE_THRESHOLD})")
+    reference.add_argument("--tasks", default=",".join(TASKS), help="comma-separated tasks (default all)")
+    reference.add_argument("--templates", choices=("toy", "natural", "gpt2"), default=None,
+                           help="prompt templates (default: toy for the toy model, natural otherwise)")
     reference.add_argument("--out", default=None, help="write the reference JSON here")
+    reference.add_argument("--truth-dir", default=None,
+                           help="also write one ground-truth file per task here (DIR/TASK.json, for compare "
+                                "--ground-truth TASK=DIR/TASK.json)")
     reference.add_argument("--json", action="store_true", help="print JSON")
     add_model_arguments(reference, required=False)
     add_threads_argument(reference)

@@ -7,8 +7,12 @@ sweep; a method whose first run takes under ``QUICK_S`` seconds is run ``REPEATS
 prompts and seeds, giving the same scores, and its runtime is the median: single sub-second timings on a
 shared CPU are noisy), ``note``. Each task starts with an untimed forward pass (``warm_up``). When a ground truth was computed by per-head activation patching (its source says
 so), the patching row is marked: it scores against its own definition. The toy reference circuits are
-computed by mean ablation (``saelab.circuits.reference``), so no row of theirs is. ``speedups``: per
-task, one ACDC run's runtime over dsae's, beside both AUCs (``line``: the sentence the CLI prints).
+computed by mean ablation (``saelab.circuits.reference``), so no row of theirs is. A method the model
+cannot run (edge-level ``acdc`` and ``eap_edges`` on models without the head graph, e.g. grouped-query
+attention or a norm after the attention output: ``discover.method_refusal``) gets a row with empty
+figures and a ``note`` saying why (``skipped: ...``) instead of stopping the comparison. ``speedups``:
+per task, one ACDC run's runtime over dsae's, beside both AUCs (``line``: the sentence the CLI prints);
+edge-level ACDC when it ran, else head-level ACDC (``acdc_nodes``), named in the line.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from saelab.circuits.acdc import ACDCConfig
-from saelab.circuits.discover import METHODS, DiscoveryConfig, discover, task_batches
+from saelab.circuits.discover import METHODS, DiscoveryConfig, discover, method_refusal, task_batches
 from saelab.circuits.dsae import POSITION_RULES, DSAEConfig
 from saelab.circuits.ground_truth import ground_truth_for
 from saelab.circuits.heads import POSITION_RULE_HELP
@@ -89,20 +93,30 @@ def csv_table(rows: list[dict], columns: tuple[str, ...] = TABLE_COLUMNS) -> str
     return buffer.getvalue()
 
 
+def skipped_row(task: str, method: str, reason: str) -> dict:
+    """The row of a method the model cannot run: empty figures, ``note`` = ``skipped: reason``."""
+    return {**{c: "" for c in TABLE_COLUMNS}, "task": task, "method": method, "note": f"skipped: {reason}"}
+
+
+ACDC_LABELS = {"acdc": "ACDC", "acdc_nodes": "head-level ACDC (acdc_nodes)"}
+
+
 def speedups(rows: list[dict], results: dict | None = None) -> dict:
-    """Per task with a dsae and an acdc row: one ACDC run's runtime over the discrete SAE's
+    """Per task with a dsae row and an ACDC row that ran (edge-level ``acdc`` when there is one, else
+    ``acdc_nodes``; ``acdc_method`` says which): one ACDC run's runtime over the discrete SAE's
     (``acdc_over_dsae``; the sweep's: ``acdc_sweep_over_dsae``), both AUCs beside it (ACDC's from its
     sweep when it has one) and ``line``, the sentence the CLI prints. ``results``: ``compare``'s
     per-task summaries, for ACDC's threshold, metric and number of prompt pairs."""
     out = {}
     for task in dict.fromkeys(r["task"] for r in rows):
-        by = {r["method"]: r for r in rows if r["task"] == task}
-        if "dsae" not in by or "acdc" not in by or by["dsae"]["runtime_s"] <= 0:
+        by = {r["method"]: r for r in rows if r["task"] == task and r["runtime_s"] != ""}
+        method = next((m for m in ACDC_LABELS if m in by), None)
+        if "dsae" not in by or method is None or by["dsae"]["runtime_s"] <= 0:
             continue
-        dsae, acdc = by["dsae"], by["acdc"]
-        info = (results or {}).get(task, {}).get("acdc", {})
+        dsae, acdc = by["dsae"], by[method]
+        info = (results or {}).get(task, {}).get(method, {})
         sweep = acdc["sweep_runtime_s"]
-        entry = {"acdc_over_dsae": round(acdc["runtime_s"] / dsae["runtime_s"], 2),
+        entry = {"acdc_method": method, "acdc_over_dsae": round(acdc["runtime_s"] / dsae["runtime_s"], 2),
                  "acdc_sweep_over_dsae": round(sweep / dsae["runtime_s"], 2) if sweep != "" else None,
                  "dsae_runtime_s": dsae["runtime_s"], "acdc_runtime_s": acdc["runtime_s"],
                  "dsae_auc": dsae["auc"], "acdc_auc": acdc["auc"], "acdc_threshold": info.get("threshold"),
@@ -114,24 +128,26 @@ def speedups(rows: list[dict], results: dict | None = None) -> dict:
 
 
 def speed_line(task: str, entry: dict) -> str:
-    """``speedups``' sentence: how many times faster dsae is than one ACDC run, at which threshold, on
-    which prompts, with both AUCs."""
+    """``speedups``' sentence: how many times faster dsae is than one ACDC run (edge-level or head-level,
+    said which), at which threshold, on which prompts, with both AUCs."""
+    method = entry.get("acdc_method", "acdc")
+    label, short = ACDC_LABELS[method], "ACDC" if method == "acdc" else method
     ratio = entry["acdc_over_dsae"]
-    faster = (f"dsae is {ratio:.3g}x faster than one ACDC run" if ratio >= 1
-              else f"one ACDC run is {1 / ratio:.3g}x faster than dsae")
+    faster = (f"dsae is {ratio:.3g}x faster than one {label} run" if ratio >= 1
+              else f"one {label} run is {1 / ratio:.3g}x faster than dsae")
     setting = ", ".join(part for part in (
         f"tau={entry['acdc_threshold']:g}" if entry["acdc_threshold"] is not None else "",
         f"metric {entry['acdc_metric']}" if entry["acdc_metric"] else "",
         f"{entry['acdc_engine']} engine" if entry["acdc_engine"] else "") if part)
     prompts = f"same {entry['n_prompts']} prompt pairs" if entry["n_prompts"] else "same prompt pairs"
     n_sweep = entry["acdc_sweep_thresholds"]
-    source = (f"ACDC's from its {n_sweep}-threshold sweep, which took {entry['acdc_sweep_over_dsae']:.3g}x dsae's "
-              f"runtime" if n_sweep and entry["acdc_sweep_over_dsae"] is not None else "ACDC's from its one run")
+    source = (f"{short}'s from its {n_sweep}-threshold sweep, which took {entry['acdc_sweep_over_dsae']:.3g}x dsae's "
+              f"runtime" if n_sweep and entry["acdc_sweep_over_dsae"] is not None else f"{short}'s from its one run")
     gap = entry["acdc_auc"] - entry["dsae_auc"]
-    quality = ("dsae's AUC is at least ACDC's" if gap <= 0
+    quality = (f"dsae's AUC is at least {short}'s" if gap <= 0
                else f"dsae's AUC is {gap:.3f} lower: not at equal quality")
-    return (f"{task}: {faster} (dsae {entry['dsae_runtime_s']:.3g} s, ACDC {entry['acdc_runtime_s']:.3g} s at "
-            f"{setting or 'its settings'}; {prompts}); AUC dsae {entry['dsae_auc']:.3f} vs ACDC "
+    return (f"{task}: {faster} (dsae {entry['dsae_runtime_s']:.3g} s, {short} {entry['acdc_runtime_s']:.3g} s at "
+            f"{setting or 'its settings'}; {prompts}); AUC dsae {entry['dsae_auc']:.3f} vs {short} "
             f"{entry['acdc_auc']:.3f} ({source}); {quality}")
 
 
@@ -140,8 +156,9 @@ def warm_up(lm, batch) -> None:
     """One untimed forward pass over a task's clean and corrupted prompts together (the largest batch
     any method runs), so that no method's runtime includes the process's first-call costs for tensors
     of that size (allocator growth, kernel selection): without it the first method timed paid ~0.25 s
-    that the others did not."""
-    lm.run_with_hooks(torch.cat([batch.clean_ids, batch.corrupted_ids]), {})
+    that the others did not. It stops before the unembedding (the methods unembed only the last tokens;
+    Gemma 3's 262k-token vocabulary at every position would take gigabytes)."""
+    lm.run_to_unembed(torch.cat([batch.clean_ids, batch.corrupted_ids]))
 
 
 def compare(lm, cfg: CompareConfig, out_dir: Path | None = None, progress: bool = True) -> dict:
@@ -154,7 +171,11 @@ def compare(lm, cfg: CompareConfig, out_dir: Path | None = None, progress: bool 
     jobs += [(task, method, p) for task in cfg.tasks for p in extra for method in cfg.methods if method.startswith("dsae")]
     jobs.sort(key=lambda job: cfg.tasks.index(job[0]))
     batches = {}
+    refusals = {method: method_refusal(lm, method) for method in cfg.methods}
     for task, method, position in tqdm(jobs, desc="circuits compare", disable=not progress):
+        if refusals[method] is not None:
+            rows.append(skipped_row(task, method if position is None else f"{method}@{position}", refusals[method]))
+            continue
         if task not in batches:
             batches[task] = task_batches(lm, task, cfg.discovery)
             warm_up(lm, batches[task][0])
@@ -182,6 +203,8 @@ def compare(lm, cfg: CompareConfig, out_dir: Path | None = None, progress: bool 
         output["files"] = {"json": str(out_dir / "comparison.json"), "csv": str(out_dir / "comparison.csv"),
                            "markdown": str(out_dir / "comparison.md")}
         for task in cfg.tasks:
+            if task not in results:  # every method was skipped
+                continue
             plot = plot_roc(list(results[task].values()), out_dir / f"roc_{task}.png", f"{lm.name}: {task}")
             output["files"][f"roc_{task}"] = str(plot)
     return output

@@ -5,7 +5,9 @@ one corrupted forward pass and one clean forward and backward pass.
 - edge level (``u -> v`` of ``saelab.circuits.graph``): ``(out_u^corrupted - out_u^clean) · dM/d(input
   of v)``, the same sums; a head's edge-level score is the sum of ``|score|`` over its outgoing edges.
 
-``M`` is the task metric (mean over prompts). Heads are ranked by the absolute value.
+``M`` is the task metric (mean over prompts). Heads are ranked by the absolute value. On models without
+the head graph (grouped-query attention, a norm after the attention output: ``graph.edge_graph_refusal``)
+the node level is computed from ``hook_z`` gradients of the model itself (``eap_node_attributions``).
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ import time
 
 import torch
 
-from saelab.circuits.graph import OUTPUT, HeadGraph
-from saelab.circuits.heads import cache_z, head_outputs_from_z
+from saelab.circuits.acdc_nodes import end_metric
+from saelab.circuits.graph import OUTPUT, HeadGraph, edge_graph_refusal
+from saelab.circuits.heads import all_heads, cache_z, head_outputs_from_z
 from saelab.circuits.result import MethodResult
 from saelab.circuits.tasks import TaskBatch
 
@@ -40,8 +43,30 @@ def eap_attributions(graph: HeadGraph, batch: TaskBatch) -> tuple[torch.Tensor, 
     return node.detach(), edge.detach() * graph.valid_edges
 
 
+def eap_node_attributions(lm, batch: TaskBatch) -> torch.Tensor:
+    """``[n_heads_total]`` signed node attributions from one clean forward and backward pass of the model
+    itself (zero probes added to ``hook_z``; only the last tokens unembedded), no head graph needed."""
+    corrupted_z, clean_z = cache_z(lm, batch.corrupted_ids), cache_z(lm, batch.clean_ids)
+    probes = [torch.zeros_like(z, requires_grad=True) for z in clean_z]
+    edits = {f"blocks.{L}.attn.hook_z": lambda z, probe=probe: z + probe.to(device=z.device, dtype=z.dtype)
+             for L, probe in enumerate(probes)}
+    final, _ = lm.run_to_unembed(batch.clean_ids, edits, grad=True)
+    rows = torch.arange(len(batch), device=final.device)
+    end_metric(batch, lm.unembed(final[rows, batch.end.to(final.device)]).float()).mean().backward()
+    return torch.cat([((cz - z) * probe.grad).sum((0, 1, 3))
+                      for cz, z, probe in zip(corrupted_z, clean_z, probes, strict=True)]).detach()
+
+
 def run_eap(lm, batch: TaskBatch, level: str = "node") -> MethodResult:
-    """EAP on ``batch`` scored per head at ``level`` ``node`` or ``edge`` (both sets of scores kept)."""
+    """EAP on ``batch`` scored per head at ``level`` ``node`` or ``edge`` (both sets of scores kept where
+    the head graph exists)."""
+    refusal = edge_graph_refusal(lm)
+    if level == "node" and refusal is not None:
+        start = time.perf_counter()
+        node = eap_node_attributions(lm, batch)
+        return MethodResult("eap", batch.task, all_heads(lm), node.abs().numpy(), time.perf_counter() - start,
+                            details={"n_prompts": len(batch), "level": level,
+                                     "engine": f"hook_z gradients (no head graph: it needs {refusal})"})
     start = time.perf_counter()
     graph = HeadGraph(lm)
     node, edge = eap_attributions(graph, batch)

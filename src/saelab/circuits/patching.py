@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from saelab.circuits.acdc_nodes import ZPatchRunner, end_metric
 from saelab.circuits.heads import all_heads, cache_z
 from saelab.circuits.result import MethodResult
 from saelab.circuits.tasks import TaskBatch
@@ -17,17 +18,16 @@ from saelab.circuits.tasks import TaskBatch
 
 @torch.no_grad()
 def head_patching_effects(lm, batch: TaskBatch, progress: bool = False) -> np.ndarray:
-    """``[n_layers * n_heads]`` mean metric drop when each head alone takes its corrupted ``z``."""
+    """``[n_layers * n_heads]`` mean metric drop when each head alone takes its corrupted ``z`` (one run
+    per head from that head's block on, the clean run's earlier blocks reused and only the last tokens
+    unembedded: ``saelab.circuits.acdc_nodes.ZPatchRunner``)."""
     corrupted_z = cache_z(lm, batch.corrupted_ids)
-    clean = batch.metric(lm.run_with_hooks(batch.clean_ids, {})).mean()
+    runner = ZPatchRunner(lm, batch.clean_ids, batch.end)
+    clean = end_metric(batch, runner.clean_end).mean()
     effects = []
-    for head in tqdm(all_heads(lm), desc="patching heads", disable=not progress, leave=False):
-        def patch(z, head=head):
-            z = z.clone()
-            z[:, :, head.head] = corrupted_z[head.layer][:, :, head.head].to(z.dtype)
-            return z
-        logits = lm.run_with_hooks(batch.clean_ids, {f"blocks.{head.layer}.attn.hook_z": patch})
-        effects.append(float(clean - batch.metric(logits).mean()))
+    for i, _ in enumerate(tqdm(all_heads(lm), desc="patching heads", disable=not progress, leave=False)):
+        last = runner.end_logits(torch.nn.functional.one_hot(torch.tensor(i), lm.n_layers * lm.n_heads), corrupted_z)
+        effects.append(float(clean - end_metric(batch, last[0]).mean()))
     return np.array(effects)
 
 
