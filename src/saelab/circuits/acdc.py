@@ -30,6 +30,7 @@ head graph.
 from __future__ import annotations
 
 import time
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -84,7 +85,7 @@ class ACDCConfig:
         return max(1, min(self.candidates, budget // batch.clean_ids.numel()))
 
 
-class MaskObjective:
+class MaskObjective(ABC):
     """The ACDC metric of patched runs, lower is closer to the clean model; counts the work done. A mask
     evaluated before (another threshold of a sweep takes the same path) is not run again.
 
@@ -109,8 +110,10 @@ class MaskObjective:
             return float(kl_from_clean(self.at_end, self.clean_end[:, None], last[:, None]).mean())
         return float((self.at_end.metric(last[:, None]).mean() - self.clean_metric).abs())
 
+    @abstractmethod
     def evaluate(self, masks: torch.Tensor) -> tuple[torch.Tensor | list[torch.Tensor], int, int]:
-        raise NotImplementedError
+        """``(end logits of each mask, first block run, forward passes)`` for ``masks [K, ...]``:
+        what a subclass's patched runs compute (edges: ``ACDCObjective``, heads: ``NodeObjective``)."""
 
     @torch.no_grad()
     def __call__(self, masks: torch.Tensor) -> list[float]:
