@@ -67,6 +67,19 @@ def test_full_patch_reaches_the_counterfactual_and_greedy_stops_where_it_should(
     assert float((removal - final["kl"]).min()) >= thresholds[-1] - 1e-6  # nothing left removable below tau
 
 
+@pytest.mark.parametrize("hook", ["blocks.1.hook_resid_post", "blocks.2.hook_resid_pre", HOOK])
+def test_skipping_the_blocks_below_a_residual_hook_changes_no_kl(toy, hook):
+    """Patched runs at a residual hook skip the blocks below it; the KL equals the full forward's."""
+    lm, prompts = toy
+    run = PatchingRun(lm, hook, prompts, chunk=16)
+    assert run.start > 0
+    x = run.x_clean[None] + 0.5 * torch.randn(2, *run.x_clean.shape, generator=torch.Generator().manual_seed(0))
+    fast = run.kl_of_values(x)
+    run.start, (run.keep_kwargs, run.final_index) = 0, run._logits_to_keep()
+    torch.testing.assert_close(fast, run.kl_of_values(x), atol=1e-4, rtol=1e-4)
+    assert float(fast.min()) > 0
+
+
 def _final_set(patcher, thresholds):
     from saelab.causal import patching_experiment as pe
 

@@ -9,10 +9,11 @@ import torch
 
 from saelab.circuits.acdc import ACDCConfig, ACDCObjective, acdc_prune, run_acdc
 from saelab.circuits.compare import speedups
-from saelab.circuits.graph import HeadGraph, forwards_replaced, node_set, returning
+from saelab.circuits.graph import HeadGraph, node_set
 from saelab.circuits.tasks import task_batch
 from saelab.errors import ConfigError, SaelabError
 from saelab.models import LoadedModel, load_model
+from saelab.models.partial_forward import forwards_replaced, returning
 from saelab.models.tiny import tiny_model
 
 

@@ -23,10 +23,16 @@ and a basis that does not reconstruct exactly (an SAE) starts its curve at ``kl_
 that first point, instead of at 0: KL levels under it are out of reach unless un-patching happens to
 lower the KL (``below_floor`` lists the levels a curve never reached that lie under its floor). Each
 curve reports the floor with the basis's FVU on the prompts' activations (both runs, real positions).
+
+Speed: at a residual-stream hook (``blocks.L.hook_resid_post``, ``blocks.L.hook_resid_pre``) the
+blocks below the hook compute nothing in the patched runs (they hand on the patched stream,
+``models.partial_forward``); the last block's MLP runs and the unembedding is read at the final
+positions only. Other hooks run the whole model with the value swapped in.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -39,6 +45,7 @@ from saelab.causal.bases import Basis
 from saelab.causal.prompts import PromptPairs
 from saelab.errors import ConfigError, check_range
 from saelab.models import LoadedModel
+from saelab.models.partial_forward import blocks_return_tuples, handing_on
 from saelab.splicing import flat_per_token
 
 
@@ -109,7 +116,11 @@ class PatchingRun:
         self.x_cf = flat_per_token(cf_cache[hook]).float()
         self.real = prompts.mask.bool()
         self.kl_unpatched = self.kl(self.clean_logprobs[None])[0].item()
-        self.keep_kwargs, self.final_index = self._logits_to_keep()
+        self.start = residual_start(lm, hook)
+        if self.start:
+            self.tuple_blocks = blocks_return_tuples(lm)
+        else:
+            self.keep_kwargs, self.final_index = self._logits_to_keep()
 
     def _logits_to_keep(self) -> tuple[dict, Tensor]:
         """Ask the model for logits at the final positions only (``logits_to_keep``) when it accepts it."""
@@ -138,15 +149,33 @@ class PatchingRun:
         ids = self.prompts.clean_ids.repeat(sets, 1)
         mask = self.prompts.mask.repeat(sets, 1)
         replacement = x.reshape(sets * n, *self.value_shape[1:])
+        rows = torch.arange(sets * n)
+        if self.start:
+            ends = (rows.to(self.lm.device), self.prompts.final.repeat(sets).to(self.lm.device))
+            value = replacement.to(device=self.lm.device, dtype=self.lm.dtype)
+            with handing_on(self.lm, value, self.start, self.tuple_blocks, ends):
+                final, _ = self.lm.run_to_unembed(ids, attention_mask=mask)
+            logprobs = F.log_softmax(self.lm.unembed(final[ends]).float(), -1)
+            return self.kl(logprobs.reshape(sets, n, -1))
 
         def edit(value: Tensor) -> Tensor:
             return replacement.to(value.dtype)
 
         logits = self.lm.run_with_hooks(ids, {self.hook: edit}, attention_mask=mask, **self.keep_kwargs)
-        rows = torch.arange(sets * n)
         final = self.final_index.repeat(sets)
         logprobs = F.log_softmax(logits[rows, final].float(), -1)
         return self.kl(logprobs.reshape(sets, n, -1))
+
+
+def residual_start(lm: LoadedModel, hook: str) -> int:
+    """The block a patched value at ``hook`` enters when it is the residual stream between two blocks
+    (``blocks.L.hook_resid_post`` -> ``L + 1``, ``blocks.L.hook_resid_pre`` -> ``L``); 0 otherwise (and
+    for the first block's input and the last block's output, where nothing can be skipped)."""
+    match = re.fullmatch(r"blocks\.(\d+)\.hook_resid_(pre|post)", hook)
+    if not match:
+        return 0
+    start = int(match.group(1)) + (match.group(2) == "post")
+    return start if 0 < start < lm.n_layers else 0
 
 
 class BasisPatcher:

@@ -16,7 +16,7 @@ Engines (``ACDCConfig.engine``):
 - ``fast`` (``ZPatchRunner``): heads are visited last block first, so a trial at a head of block ``L``
   has patched only heads of blocks ``L`` and later, and blocks ``0..L-1`` compute what the clean run
   computed: the clean residual stream entering every block is cached once and the blocks before ``L``
-  hand it on without computing (``graph.forwards_replaced``). The last block's MLP runs only at each
+  hand it on without computing (``models.partial_forward.handing_on``). The last block's MLP runs only at each
   prompt's last token, and only that token is unembedded. Up to ``candidates`` heads of one block are
   tried in one pass, speculatively, keeping the sequential loop's decisions (``acdc.greedy_prune``).
 - ``plain``: one full forward pass per trial, every position unembedded (the textbook loop).
@@ -40,11 +40,11 @@ from saelab.circuits.acdc import (
     check_pairs,
     greedy_prune,
 )
-from saelab.circuits.graph import at_positions, forwards_replaced, returning
 from saelab.circuits.heads import Head, all_heads, cache_z
 from saelab.circuits.result import MethodResult
 from saelab.circuits.tasks import TaskBatch
 from saelab.errors import SaelabError, check_choice
+from saelab.models.partial_forward import handing_on
 
 
 def end_metric(batch: TaskBatch, last: torch.Tensor) -> torch.Tensor:
@@ -126,13 +126,9 @@ class ZPatchRunner:
         """Blocks ``start..`` on the prompts stacked once per mask, the blocks before ``start`` handing on
         the cached clean stream: end logits ``[K, batch, d_vocab]`` (float32)."""
         lm, K, b = self.lm, masks.shape[0], len(self.ids)
-        blocks = lm.adapter.blocks()
         rows, ends = torch.arange(K * b, device=lm.device), self.end.repeat(K)
         resid = self.resid[start].repeat(K, 1, 1) if K > 1 else self.resid[start]
-        replacements = {blocks[layer]: returning((resid,) if self.tuple_blocks else resid) for layer in range(start)}
-        if hasattr(blocks[-1], "mlp"):  # read only at the last tokens: run it there only
-            replacements[blocks[-1].mlp] = at_positions(rows, ends)
-        with forwards_replaced(replacements):
+        with handing_on(lm, resid, start, self.tuple_blocks, (rows, ends)):  # last MLP: at the last tokens only
             final, _ = lm.run_to_unembed(self.ids.repeat(K, 1) if K > 1 else self.ids, z_edits(lm, masks, values, start))
         return lm.unembed(final[rows, ends]).float().view(K, b, -1)
 

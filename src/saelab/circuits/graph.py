@@ -25,8 +25,7 @@ the output need no forward pass at all.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from dataclasses import dataclass
 
 import torch
@@ -34,6 +33,7 @@ import torch
 from saelab.circuits.heads import Head, all_heads, head_outputs_from_z, output_weights
 from saelab.errors import SaelabError
 from saelab.models.hooking import StopForward
+from saelab.models.partial_forward import forwards_replaced, lower_blocks_skipped
 
 OUTPUT = "output"
 
@@ -57,42 +57,6 @@ class CachedRuns:
     diff: torch.Tensor
     corrupted_by_sender: torch.Tensor
     tuple_blocks: bool
-
-
-@contextmanager
-def forwards_replaced(replacements: dict) -> Iterator[None]:
-    """Within the block, each module of ``replacements`` (module -> ``make(original_forward) ->
-    forward``) runs the forward that ``make`` returns; the original, including one set on the
-    instance (e.g. by accelerate), is put back afterwards."""
-    saved = [(module, vars(module).get("forward")) for module in replacements]
-    try:
-        for module, make in replacements.items():
-            vars(module)["forward"] = make(module.forward)
-        yield
-    finally:
-        for module, forward in saved:
-            if forward is None:
-                vars(module).pop("forward", None)
-            else:
-                vars(module)["forward"] = forward
-
-
-def returning(value):
-    """``make`` for ``forwards_replaced``: a forward that computes nothing and returns ``value``."""
-    return lambda original: lambda *args, **kwargs: value
-
-
-def at_positions(rows: torch.Tensor, cols: torch.Tensor):
-    """``make`` for ``forwards_replaced`` on a position-wise module (an MLP): it runs only at positions
-    ``(rows[i], cols[i])`` of its ``[batch, pos, d]`` input; its output is zero elsewhere."""
-    def make(original):
-        def forward(hidden_states, *args, **kwargs):
-            picked = original(hidden_states[rows, cols][:, None], *args, **kwargs)[:, 0]
-            out = picked.new_zeros(hidden_states.shape[:-1] + picked.shape[-1:])
-            out[rows, cols] = picked
-            return out
-        return forward
-    return make
 
 
 def sender_major(outs: torch.Tensor) -> torch.Tensor:
@@ -311,13 +275,8 @@ class HeadGraph:
             for which, kind in enumerate(("q", "k", "v")):
                 edits[f"blocks.{layer}.attn.hook_{kind}"] = edit_qkv(layer, which)
             edits[f"blocks.{layer}.attn.hook_z"] = take_z(layer)
-        blocks, replacements = lm.adapter.blocks(), {}
-        if start:
-            resid = runs.resid[start].repeat(K, 1, 1) if K > 1 else runs.resid[start]
-            replacements = {blocks[layer]: returning((resid,) if runs.tuple_blocks else resid) for layer in range(start)}
-        if ends is not None and hasattr(blocks[-1], "mlp"):
-            replacements[blocks[-1].mlp] = at_positions(*ends)
-        with forwards_replaced(replacements):
+        resid = (runs.resid[start].repeat(K, 1, 1) if K > 1 else runs.resid[start]) if start else None
+        with forwards_replaced(lower_blocks_skipped(lm, resid, start, bool(runs and runs.tuple_blocks), ends)):
             final, _ = self._final_stream(ids.repeat(K, 1) if K > 1 else ids, edits, grad=grad)
         if ends is None:
             return final, state["outs"]
