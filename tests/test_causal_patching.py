@@ -18,6 +18,7 @@ from saelab.causal import (
     run_patching_experiment,
     task_prompts,
 )
+from saelab.causal.attribution_search import attribution_curve, prefix_ladder
 from saelab.causal.patching_experiment import BasisPatcher, PatchingRun, _removal_kls, greedy_curve
 from saelab.cli import main
 from saelab.errors import ConfigError
@@ -32,6 +33,12 @@ HOOK = "blocks.2.hook_resid_post"
 def toy(one_torch_thread):
     lm = load_model("toy")
     return lm, task_prompts(lm, "ioi", 3, seed=0)
+
+
+def test_prefix_ladder_is_geometric_and_ends_at_n():
+    assert prefix_ladder(0, 8) == [] and prefix_ladder(3, 8) == [1, 2, 3]
+    ladder = prefix_ladder(640, 16)
+    assert ladder[0] == 1 and ladder[-1] == 640 and len(ladder) <= 17 and ladder == sorted(set(ladder))
 
 
 def test_bases_round_trip_and_are_orthonormal_where_claimed():
@@ -78,6 +85,43 @@ def test_skipping_the_blocks_below_a_residual_hook_changes_no_kl(toy, hook):
     run.start, (run.keep_kwargs, run.final_index) = 0, run._logits_to_keep()
     torch.testing.assert_close(fast, run.kl_of_values(x), atol=1e-4, rtol=1e-4)
     assert float(fast.min()) > 0
+
+
+def test_mask_gradient_matches_a_finite_difference(toy):
+    lm, prompts = toy
+    patcher = BasisPatcher(PatchingRun(lm, HOOK, prompts), neuron_basis(lm.d_model))
+    mask = patcher.differing.clone()
+    mask[::3] = False
+    kl, grad = patcher.kl_and_gradient(mask)
+    direction = torch.randn(mask.shape, generator=torch.Generator().manual_seed(1)) * 0.01
+    m = mask.float()
+    up, down = patcher.kl(torch.stack([m + direction, m - direction])).tolist()
+    assert kl == pytest.approx(float(patcher.kl(mask[None])[0]), rel=1e-5)
+    assert (up - down) / 2 == pytest.approx(float(grad @ direction), rel=0.05, abs=1e-5)
+
+
+def test_attribution_search_reports_exact_kls_and_stays_near_the_greedy(toy):
+    lm, prompts = toy
+    run = PatchingRun(lm, HOOK, prompts)
+    thresholds = np.logspace(-3, 0, 6)
+    greedy = greedy_curve(BasisPatcher(run, neuron_basis(lm.d_model)), thresholds)
+    patcher = BasisPatcher(run, neuron_basis(lm.d_model))
+    measured, kl = [], patcher.kl
+
+    def spy(masks):
+        out = kl(masks)
+        measured.extend(zip(masks.float().sum(-1).round().long().tolist(), out.tolist(), strict=True))
+        return out
+
+    patcher.kl = spy
+    curve = attribution_curve(patcher, thresholds)
+    counts = [p["n_patched"] for p in curve.points]
+    assert counts == sorted(counts, reverse=True) and counts[-1] < counts[0]
+    for point in curve.points:  # every point is a measured set: its count and exact KL were seen together
+        assert any(n == point["n_patched"] and abs(k - point["kl"]) < 1e-6 for n, k in measured), point
+    assert curve.forward_sets < greedy.forward_sets
+    level = 0.5 * run.kl_unpatched
+    assert curve.fewest_reaching(level) <= 2 * greedy.fewest_reaching(level)
 
 
 def _final_set(patcher, thresholds):
@@ -129,6 +173,11 @@ def test_cli_patching_steer_and_attribution(toy, tmp_path, capsys):
     assert printed["hook"] == "blocks.3.attn.hook_z" and set(printed["curves"]) == {"sae", "pca", "neuron"}
     assert (tmp_path / "out" / "patching.png").stat().st_size > 1000
     assert json.loads((tmp_path / "out" / "patching.json").read_text())["kl_unpatched"] == printed["kl_unpatched"]
+    with pytest.raises(SystemExit) as exit_info:
+        main([*main_args[:-1], str(tmp_path / "attribution"), "--search", "attribution", "--bases", "pca"])
+    assert exit_info.value.code == 0
+    searched = json.loads(capsys.readouterr().out)
+    assert searched["search"] == "attribution" and searched["curves"]["pca"]["points"][-1]["n_patched"] >= 0
 
     with pytest.raises(SystemExit) as exit_info:
         main(["steer", "--model", "toy", "--sae", str(tmp_path / "sae"), "--feature", "3", "--scale", "0",

@@ -21,6 +21,10 @@ def register(subparsers) -> None:
     patching.add_argument("--bases", default="sae,pca,ica,neuron,random_rotation",
                           help="comma-separated bases (sae, pca, ica, neuron, random_rotation)")
     patching.add_argument("--thresholds", type=int, default=50, help="number of greedy thresholds (default 50)")
+    patching.add_argument("--search", choices=("greedy", "attribution"), default="greedy",
+                          help="greedy: the paper's search (default); attribution: ranks removals by gradient and "
+                               "measures a ladder of prefixes, far fewer forward passes (large models on CPUs)")
+    patching.add_argument("--chunk", type=int, default=32, help="candidate sets per forward pass (default 32)")
     patching.add_argument("--min-threshold", type=float, default=1e-5, help="smallest threshold (default 1e-5)")
     patching.add_argument("--max-threshold", type=float, default=1.0, help="largest threshold (default 1)")
     patching.add_argument("--fit-source", default="toy", help="text source the bases are fitted on (default toy)")
@@ -116,7 +120,7 @@ def run_patching(args: argparse.Namespace) -> int:
     hook = args.hook or (sae.cfg.hook_name if sae is not None else DEFAULT_IOI_HOOK)
     lm.parse_hooks([hook])
     cfg = PatchingConfig(n_thresholds=args.thresholds, min_threshold=args.min_threshold,
-                         max_threshold=args.max_threshold)
+                         max_threshold=args.max_threshold, search=args.search, chunk=args.chunk)
     train = SAETrainSpec(architecture=args.sae_arch, d_sae=args.d_sae, k=args.sae_k, tokens=args.sae_tokens,
                          source=args.fit_source, seed=args.seed)
     fit = FitConfig(source=args.fit_source, n_windows=args.fit_windows, seed=args.seed, sae=train)

@@ -43,25 +43,31 @@ from tqdm.auto import tqdm
 
 from saelab.causal.bases import Basis
 from saelab.causal.prompts import PromptPairs
-from saelab.errors import ConfigError, check_range
+from saelab.errors import ConfigError, check_choice, check_range
 from saelab.models import LoadedModel
 from saelab.models.partial_forward import blocks_return_tuples, handing_on
 from saelab.splicing import flat_per_token
+
+SEARCHES = ("greedy", "attribution")
 
 
 @dataclass
 class PatchingConfig:
     """Thresholds ``logspace(log10(min_threshold), log10(max_threshold), n_thresholds)``; ``chunk``:
     candidate sets per forward pass; ``kl_fractions``: KL levels (fractions of the unpatched KL) at
-    which the summary reports the fewest components reaching them."""
+    which the summary reports the fewest components reaching them; ``search``: ``greedy`` (the
+    paper's, above) or ``attribution`` (``causal.attribution_search``: far fewer forward passes, for
+    large models on small machines)."""
 
     n_thresholds: int = 50
     min_threshold: float = 1e-5
     max_threshold: float = 1.0
     chunk: int = 32
     kl_fractions: tuple[float, ...] = (0.5, 0.25, 0.1, 0.05)
+    search: str = "greedy"
 
     def __post_init__(self) -> None:
+        check_choice("search", self.search, SEARCHES)
         check_range("n_thresholds", self.n_thresholds, 1, 10_000, integer=True)
         check_range("min_threshold", self.min_threshold, 0, None, lo_open=True)
         check_range("max_threshold", self.max_threshold, self.min_threshold, None)
@@ -142,9 +148,13 @@ class PatchingRun:
         cf = self.cf_logprobs[None]
         return (cf.exp() * (cf - logprobs)).sum(-1).mean(-1)
 
-    @torch.no_grad()
     def kl_of_values(self, x: Tensor) -> Tensor:
-        """``[sets]`` KL when the hook's value is ``x [sets, n, pos, d_in]`` (float) in each set's run."""
+        """``[sets]`` KL when the hook's value is ``x [sets, n, pos, d_in]`` (float) in each set's run;
+        differentiable when ``x`` requires grad."""
+        with torch.set_grad_enabled(x.requires_grad):
+            return self._kl_of_values(x, x.requires_grad)
+
+    def _kl_of_values(self, x: Tensor, grad: bool) -> Tensor:
         sets, n = x.shape[:2]
         ids = self.prompts.clean_ids.repeat(sets, 1)
         mask = self.prompts.mask.repeat(sets, 1)
@@ -154,14 +164,14 @@ class PatchingRun:
             ends = (rows.to(self.lm.device), self.prompts.final.repeat(sets).to(self.lm.device))
             value = replacement.to(device=self.lm.device, dtype=self.lm.dtype)
             with handing_on(self.lm, value, self.start, self.tuple_blocks, ends):
-                final, _ = self.lm.run_to_unembed(ids, attention_mask=mask)
+                final, _ = self.lm.run_to_unembed(ids, attention_mask=mask, grad=grad)
             logprobs = F.log_softmax(self.lm.unembed(final[ends]).float(), -1)
             return self.kl(logprobs.reshape(sets, n, -1))
 
         def edit(value: Tensor) -> Tensor:
             return replacement.to(value.dtype)
 
-        logits = self.lm.run_with_hooks(ids, {self.hook: edit}, attention_mask=mask, **self.keep_kwargs)
+        logits = self.lm.run_with_hooks(ids, {self.hook: edit}, attention_mask=mask, grad=grad, **self.keep_kwargs)
         final = self.final_index.repeat(sets)
         logprobs = F.log_softmax(logits[rows, final].float(), -1)
         return self.kl(logprobs.reshape(sets, n, -1))
@@ -193,17 +203,29 @@ class BasisPatcher:
         self.differing = self.delta.abs().amax((0, 1)) > 0
         self.forward_sets = 0
 
+    def values(self, masks: Tensor) -> Tensor:
+        """The hook's values ``[sets, n, pos, d_in]`` for masks ``[sets, k]`` (float in [0, 1] or bool)."""
+        c = self.c_clean[None] + masks.float()[:, None, None, :] * self.delta[None]
+        return self.run.x_clean[None] + self.basis.decode(c).float() - self.x_hat_clean[None]
+
     @torch.no_grad()
     def kl(self, masks: Tensor) -> Tensor:
         """``[sets]`` KL for component masks ``[sets, k]`` (evaluated ``run.chunk`` sets per forward)."""
         out = []
         for start in range(0, masks.shape[0], self.run.chunk):
-            m = masks[start:start + self.run.chunk].float()
-            c = self.c_clean[None] + m[:, None, None, :] * self.delta[None]
-            x = self.run.x_clean[None] + self.basis.decode(c).float() - self.x_hat_clean[None]
-            out.append(self.run.kl_of_values(x))
+            m = masks[start:start + self.run.chunk]
+            out.append(self.run.kl_of_values(self.values(m)))
             self.forward_sets += m.shape[0]
         return torch.cat(out)
+
+    def kl_and_gradient(self, mask: Tensor) -> tuple[float, Tensor]:
+        """The KL of one mask ``[k]`` and its gradient ``[k]`` with respect to the mask relaxed to reals
+        (one forward and one backward pass)."""
+        m = mask.float().clone().requires_grad_(True)
+        kl = self.run.kl_of_values(self.values(m[None]))[0]
+        (grad,) = torch.autograd.grad(kl, m)
+        self.forward_sets += 1
+        return float(kl.detach()), grad
 
 
 def _fvu_and_l0(run: PatchingRun, c: Tensor, x_hat: Tensor) -> tuple[float, float]:
@@ -214,13 +236,19 @@ def _fvu_and_l0(run: PatchingRun, c: Tensor, x_hat: Tensor) -> tuple[float, floa
     return fvu, float((c != 0).float().sum(-1).mean())
 
 
-def greedy_curve(patcher: BasisPatcher, thresholds: np.ndarray, progress: bool = False) -> BasisCurve:
-    """The greedy un-patching curve of one basis (see the module docstring)."""
+def start_curve(patcher: BasisPatcher) -> tuple[BasisCurve, Tensor, float]:
+    """Everything that differs patched: the curve with its first point, the patched mask ``[k]``, its KL."""
     patched = patcher.differing.clone()
     kl_now = float(patcher.kl(patched[None])[0])
     curve = BasisCurve(patcher.basis.name, patcher.basis.n_components, int(patched.sum()), kl_now,
                        patcher.fvu, patcher.l0)
     curve.points.append({"threshold": 0.0, "n_patched": int(patched.sum()), "kl": kl_now})
+    return curve, patched, kl_now
+
+
+def greedy_curve(patcher: BasisPatcher, thresholds: np.ndarray, progress: bool = False) -> BasisCurve:
+    """The greedy un-patching curve of one basis (see the module docstring)."""
+    curve, patched, kl_now = start_curve(patcher)
     removal_kl: tuple[Tensor, Tensor] | None = None
     for tau in tqdm(thresholds, desc=f"greedy {patcher.basis.name}", disable=not progress, leave=False):
         while patched.any():
@@ -277,15 +305,19 @@ def run_patching_experiment(lm: LoadedModel, hook: str, prompts: PromptPairs, ba
     cfg = cfg or PatchingConfig()
     run = PatchingRun(lm, hook, prompts, cfg.chunk)
     curves = {}
+    if cfg.search == "greedy":
+        search = greedy_curve
+    else:
+        from saelab.causal.attribution_search import attribution_curve as search
     for name, basis in bases.items():
-        curves[name] = greedy_curve(BasisPatcher(run, basis), cfg.thresholds(), progress)
+        curves[name] = search(BasisPatcher(run, basis), cfg.thresholds(), progress)
     levels = {f"{fraction:g}": fraction * run.kl_unpatched for fraction in cfg.kl_fractions}
     fewest = {name: {key: curve.fewest_reaching(level) for key, level in levels.items()}
               for name, curve in curves.items()}
     below_floor = {name: [key for key, level in levels.items()
                           if fewest[name][key] is None and level < curve.kl_all_patched]
                    for name, curve in curves.items()}
-    return {"hook": hook, "n_prompts": prompts.n, "dropped_pairs": prompts.dropped,
+    return {"hook": hook, "search": cfg.search, "n_prompts": prompts.n, "dropped_pairs": prompts.dropped,
             "kl_unpatched": run.kl_unpatched, "kl_levels": levels,
             "fewest_components": fewest, "below_floor": below_floor,
             "curves": {name: c.to_json() for name, c in curves.items()}}
