@@ -45,7 +45,8 @@ def register(subparsers) -> None:
 
     p = subparsers.add_parser("autointerp", help="explain latents and score the explanations",
                               description="Explain latents from their top examples (token baseline or an "
-                                          "OpenAI-compatible LLM) and score detection, fuzzing and simulation.")
+                                          "OpenAI-compatible LLM) and score detection, fuzzing and simulation, "
+                                          "and on request intruder detection, surprisal and embedding scores.")
     _add_common(p, 50_000)
     p.add_argument("--explainer", default="tokens", help="tokens (no LLM) or llm")
     p.add_argument("--base-url", default=None, help="OpenAI-compatible API base, e.g. http://127.0.0.1:8000/v1")
@@ -62,6 +63,20 @@ def register(subparsers) -> None:
                    help="activation-quantile bins the activating contexts are drawn from (default 10)")
     p.add_argument("--n-non-activating", type=int, default=10,
                    help="held-out random contexts where the latent is silent (default 10)")
+    p.add_argument("--scorers", default="detection,fuzzing,simulation",
+                   help="comma-separated scores: detection, fuzzing, simulation, intruder, surprisal, embedding "
+                        "(default detection,fuzzing,simulation)")
+    p.add_argument("--negatives", default="random", choices=("random", "hard"),
+                   help="non-activating contexts: random ones, or the silent ones most similar to the activating "
+                        "ones (hard; drawn from 10x --n-non-activating random contexts, at least 100)")
+    p.add_argument("--intruder-k", type=int, default=4, help="activating examples per intruder trial (default 4)")
+    p.add_argument("--intruder-trials", type=int, default=10,
+                   help="intruder trials per latent, one per non-activating context at most (default 10)")
+    p.add_argument("--surprisal-lm", default=None,
+                   help="causal LM that scores surprisal: toy|FOLDER|HUB_ID (default: the model the SAE reads)")
+    p.add_argument("--embedder", default="tfidf", choices=("tfidf", "wordllama"),
+                   help="embedding scorer's and hard negatives' embedder: tfidf (offline bag of words, default) or "
+                        "wordllama (static neural embeddings shipped in the wordllama package)")
     p.add_argument("--out", default=None,
                    help="folder for results.json and the LLM call cache (default autointerp_results, or "
                         "autointerp_results_BASELINE with --baseline)")
@@ -136,9 +151,12 @@ def run_dashboard(args: argparse.Namespace) -> int:
 
 def run_autointerp_command(args: argparse.Namespace) -> int:
     from saelab.interp.autointerp import AutointerpConfig, run_autointerp
+    from saelab.interp.embedding import make_embedder
     from saelab.interp.explainers import LLMExplainer, TokenExplainer
     from saelab.interp.judges import LLMJudge, TokenJudge
     from saelab.interp.llm import LLMClient, LLMConfig
+    from saelab.interp.surprisal import CausalLMScorer
+    from saelab.models import load_model
 
     check_choice("--explainer", args.explainer, ("tokens", "llm"))
     baseline_cfg = _baseline_config(args)
@@ -155,23 +173,33 @@ def run_autointerp_command(args: argparse.Namespace) -> int:
     else:
         explainer, judge = TokenExplainer(), TokenJudge()
     cfg = AutointerpConfig(n_explain=args.n_explain, n_activating=args.n_activating, n_quantiles=args.n_quantiles,
-                           n_non_activating=args.n_non_activating, seed=args.seed, progress=not args.no_progress)
+                           n_non_activating=args.n_non_activating, seed=args.seed, progress=not args.no_progress,
+                           scorers=args.scorers, negatives=args.negatives, intruder_k=args.intruder_k,
+                           intruder_trials=args.intruder_trials)
+    embedder = make_embedder(args.embedder) if "embedding" in cfg.scorers or cfg.negatives == "hard" else None
     apply_threads(args)
     lm, sae, hook = _load(args, args.lm)
+    surprisal_lm = None
+    if "surprisal" in cfg.scorers:
+        scorer_lm = lm if args.surprisal_lm is None else load_model(args.surprisal_lm, device=args.device)
+        surprisal_lm = CausalLMScorer(scorer_lm, batch_size=args.model_batch_size)
     if baseline_cfg is not None:
         sae, setup["baseline"] = _baseline(args, baseline_cfg, lm, sae, hook)
     # Random contexts are shared by all latents and a dense latent fires in many: draw 4x the silent ones
-    # needed. Quantile groups: one per bin, with room for the examples the explainer sees.
-    data = _gather(args, lm, sae, hook, n_random=max(20, 4 * cfg.n_non_activating), n_quantiles=cfg.n_quantiles,
+    # needed (hard negatives: a pool of 10x to choose the most similar from). Quantile groups: one per bin,
+    # with room for the examples the explainer sees.
+    n_random = max(100, 10 * cfg.n_non_activating) if cfg.negatives == "hard" else max(20, 4 * cfg.n_non_activating)
+    data = _gather(args, lm, sae, hook, n_random=n_random, n_quantiles=cfg.n_quantiles,
                    per_quantile=-(-cfg.n_activating // cfg.n_quantiles) + 2, n_top=max(20, cfg.n_explain),
                    correlation=False)
-    report = run_autointerp(data, explainer, judge, cfg, out_path=out / "results.json", setup=setup)
+    report = run_autointerp(data, explainer, judge, cfg, out_path=out / "results.json", setup=setup,
+                            surprisal_lm=surprisal_lm, embedder=embedder)
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
+    shown = list(cfg.scorers)
     for r in report["results"]:
-        scores = "  ".join(f"{s[:3]}={r[s]:.2f}" if r[s] is not None else f"{s[:3]}=–"
-                           for s in ("detection", "fuzzing", "simulation"))
+        scores = "  ".join(f"{s[:3]}={r[s]:.2f}" if r.get(s) is not None else f"{s[:3]}=–" for s in shown)
         print(f"#{r['feature']:<6} {scores}  {r['explanation'] or r['error']}")
     print_table({**report["summary"], "results": str(out / "results.json")})
     return 0

@@ -1,9 +1,11 @@
 """Judges answer the scorers' questions about examples given an explanation.
 
 ``detect`` (does the latent fire anywhere in each example), ``fuzz`` (are the marked tokens where it
-fires) and ``simulate`` (predicted activation 0–10 per token). ``TokenJudge`` needs no LLM: it reads the
-double-quoted tokens of the explanation's first part (before ``Context:``) and predicts 10 on those
-tokens and 0 elsewhere. ``LLMJudge`` asks a chat model with ``saelab.interp.prompts``.
+fires), ``simulate`` (predicted activation 0–10 per token) and ``intruder`` (which example of each
+trial is the one where it does not fire, ``saelab.interp.intruder``). ``TokenJudge`` needs no LLM: it
+reads the double-quoted tokens of the explanation's first part (before ``Context:``) and predicts 10
+on those tokens and 0 elsewhere; its intruder is the example with the fewest of them (the first of a
+tie). ``LLMJudge`` asks a chat model with ``saelab.interp.prompts`` (intruder: ``intruder_messages``).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import json
 import re
 
 from saelab.interp.gather import Example
+from saelab.interp.intruder import intruder_messages, parse_intruder_reply
 from saelab.interp.llm import LLMClient
 from saelab.interp.prompts import (
     detection_messages,
@@ -57,10 +60,17 @@ class TokenJudge:
     def simulate(self, explanation: str, examples: list[Example]) -> list[list[float]]:
         return [[10.0 if h else 0.0 for h in self._hits(explanation, ex)] for ex in examples]
 
+    def intruder(self, explanation: str, trials: list[list[Example]]) -> list[int]:
+        picks = []
+        for examples in trials:
+            counts = [sum(self._hits(explanation, ex)) for ex in examples]
+            picks.append(counts.index(min(counts)))
+        return picks
+
 
 class LLMJudge:
     """Judge by asking an OpenAI-compatible chat model; one call for detection, one for fuzzing, one per
-    example for simulation (sent concurrently)."""
+    example for simulation and one per intruder trial (sent concurrently)."""
 
     name = "llm"
 
@@ -78,3 +88,7 @@ class LLMJudge:
     def simulate(self, explanation: str, examples: list[Example]) -> list[list[float]]:
         replies = self.client.chat_many([simulation_messages(explanation, ex) for ex in examples])
         return [[float(v) for v in parse_int_list(r, len(ex.tokens), 0, 10)] for r, ex in zip(replies, examples, strict=False)]
+
+    def intruder(self, explanation: str, trials: list[list[Example]]) -> list[int]:
+        replies = self.client.chat_many([intruder_messages(explanation, examples) for examples in trials])
+        return [parse_intruder_reply(r, len(examples)) for r, examples in zip(replies, trials, strict=True)]

@@ -10,6 +10,9 @@ draws (activating contexts across activation quantiles, and silent random contex
   activations over the examples (OpenAI's "all at once" score; 0 when either is constant). Over
   activating contexts from every quantile, an explanation must predict the weak firings too, not
   only separate the strongest ones from silence.
+
+The scorers beyond these three (``saelab.interp.intruder``, ``surprisal``, ``embedding``) share
+``roc_auc`` and ``check_explanation`` from here.
 """
 
 from __future__ import annotations
@@ -17,6 +20,9 @@ from __future__ import annotations
 import math
 import random
 
+import numpy as np
+
+from saelab.errors import ConfigError
 from saelab.interp.gather import Example
 
 
@@ -26,6 +32,23 @@ def balanced_accuracy(truth: list[bool], predicted: list[bool]) -> float | None:
     neg = [not p for t, p in zip(truth, predicted, strict=False) if not t]
     rates = [sum(group) / len(group) for group in (pos, neg) if group]
     return sum(rates) / len(rates) if rates else None
+
+
+def roc_auc(positive_scores: list[float], negative_scores: list[float]) -> float | None:
+    """ROC AUC of scores of two classes: the probability that a random positive outscores a random
+    negative, ties counting half (Mann–Whitney U / (n_pos·n_neg)); None when a class is empty."""
+    if not positive_scores or not negative_scores:
+        return None
+    pos = np.asarray(positive_scores, dtype=float)[:, None]
+    neg = np.asarray(negative_scores, dtype=float)[None, :]
+    return float(((pos > neg) + 0.5 * (pos == neg)).mean())
+
+
+def check_explanation(explanation: str) -> None:
+    """Refuse an explanation that is not a non-empty string (nothing to score)."""
+    if not isinstance(explanation, str) or not explanation.strip():
+        raise ConfigError(f"explanation={explanation!r} is empty; the scorers need the explainer's text "
+                          "(an explainer that has nothing to say should say so in words)")
 
 
 def pearson(x: list[float], y: list[float]) -> float:
