@@ -34,6 +34,7 @@ LAYERS: tuple[str, ...] = (
     "train",      # trainer, checkpoints, run specs, distributed training
     "eval",       # metrics, splicing evaluations, sweeps, feature recovery
     "interp",     # examples, logits, dashboards, autointerp
+    "bench",      # the evaluation panel: eval and interp metrics over many SAEs
     "attention",  # head attribution, DFA, census
     "causal",     # patching, ablation, steering
     "circuits",   # discrete-SAE circuit discovery and baselines

@@ -25,6 +25,8 @@ COMMAND_MODULES = [
     "saelab.cli_demo",
     "saelab.interp.commands",
     "saelab.interp.export_commands",
+    "saelab.bench.commands",
+    "saelab.eval.probe_commands",
     "saelab.causal.commands",
     "saelab.circuits.commands",
     "saelab.explorer.commands",

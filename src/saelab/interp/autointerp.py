@@ -87,6 +87,16 @@ class AutointerpConfig:
     surprisal_template: str = TEMPLATE
     surprisal_generic: str = GENERIC
 
+    def gather_sizes(self) -> dict[str, int]:
+        """The feature-data sizes this split needs (``FeatureDataConfig`` fields). Random contexts are
+        shared by all latents and a dense latent fires in many: 4x the silent ones needed (hard
+        negatives: a pool of 10x to choose the most similar from). Quantile groups: one per bin, with
+        room for the examples the explainer sees."""
+        n_random = (max(100, 10 * self.n_non_activating) if self.negatives == "hard"
+                    else max(20, 4 * self.n_non_activating))
+        return {"n_random": n_random, "n_quantiles": self.n_quantiles,
+                "per_quantile": -(-self.n_activating // self.n_quantiles) + 2, "n_top": max(20, self.n_explain)}
+
     def __post_init__(self) -> None:
         for name in ("n_explain", "n_quantiles"):
             check_range(name, getattr(self, name), 1, None, integer=True)

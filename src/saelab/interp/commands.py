@@ -185,13 +185,7 @@ def run_autointerp_command(args: argparse.Namespace) -> int:
         surprisal_lm = CausalLMScorer(scorer_lm, batch_size=args.model_batch_size)
     if baseline_cfg is not None:
         sae, setup["baseline"] = _baseline(args, baseline_cfg, lm, sae, hook)
-    # Random contexts are shared by all latents and a dense latent fires in many: draw 4x the silent ones
-    # needed (hard negatives: a pool of 10x to choose the most similar from). Quantile groups: one per bin,
-    # with room for the examples the explainer sees.
-    n_random = max(100, 10 * cfg.n_non_activating) if cfg.negatives == "hard" else max(20, 4 * cfg.n_non_activating)
-    data = _gather(args, lm, sae, hook, n_random=n_random, n_quantiles=cfg.n_quantiles,
-                   per_quantile=-(-cfg.n_activating // cfg.n_quantiles) + 2, n_top=max(20, cfg.n_explain),
-                   correlation=False)
+    data = _gather(args, lm, sae, hook, **cfg.gather_sizes(), correlation=False)
     report = run_autointerp(data, explainer, judge, cfg, out_path=out / "results.json", setup=setup,
                             surprisal_lm=surprisal_lm, embedder=embedder)
     if args.json:
