@@ -38,6 +38,7 @@ LAYERS: tuple[str, ...] = (
     "attention",  # head attribution, DFA, census
     "causal",     # patching, ablation, steering
     "circuits",   # discrete-SAE circuit discovery and baselines
+    "graphs",     # attribution graphs through transcoders
     "explorer",   # web app
     "demo",       # the end-to-end tour
 )

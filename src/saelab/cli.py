@@ -29,6 +29,7 @@ COMMAND_MODULES = [
     "saelab.eval.probe_commands",
     "saelab.causal.commands",
     "saelab.circuits.commands",
+    "saelab.graphs.commands",
     "saelab.explorer.commands",
 ]
 

@@ -3,14 +3,16 @@
     app = create_app(ExplorerService.open("toy", ["runs/saes/attn_L3"]))
     uvicorn.run(app, host="127.0.0.1", port=8000)
 
-Routes: ``GET /`` (the page), ``GET /assets/{name}`` (its script and style, from a fixed list: no
+Routes: ``GET /`` (the page), ``GET /assets/{name}`` (its scripts and styles, from a fixed list: no
 request names a file path), ``GET /api/info``, ``POST /api/tokens | latent | dfa | recurse | compare``,
-``GET /api/openapi.json``. No docs page (it would load scripts from a CDN).
+``GET /api/openapi.json``. No docs page (it would load scripts from a CDN). When the service has
+attribution graphs (``saelab explore --graph``), also ``GET /graph`` (the graph view), ``GET /api/graphs``,
+``POST /api/graph`` and ``POST /api/graph/intervene``; without graphs these routes do not exist.
 
 Errors: a malformed or invalid body gets 422 with ``detail`` (pydantic's list) and ``message`` (one
-readable line); a request the service refuses gets 400 (404 for an unknown SAE) with ``detail``; a
-body over ``limits.max_body_bytes`` gets 413; anything unexpected gets 500 with a short message and
-no traceback (the traceback goes to the server log).
+readable line); a request the service refuses gets 400 (404 for an unknown SAE or graph) with
+``detail``; a body over ``limits.max_body_bytes`` gets 413; anything unexpected gets 500 with a short
+message and no traceback (the traceback goes to the server log).
 """
 
 from __future__ import annotations
@@ -28,14 +30,17 @@ from starlette.concurrency import run_in_threadpool
 from saelab import __version__
 from saelab.errors import SaelabError
 from saelab.explorer import schemas as S
-from saelab.explorer.service import ExplorerService, UnknownSAEError
+from saelab.explorer.errors import UnknownGraphError, UnknownSAEError
+from saelab.explorer.service import ExplorerService
 
 log = logging.getLogger("saelab.explorer")
 
-ASSETS = {"explorer.js": "text/javascript; charset=utf-8", "explorer.css": "text/css; charset=utf-8"}
+ASSETS = {"explorer.js": "text/javascript; charset=utf-8", "explorer.css": "text/css; charset=utf-8",
+          "graph.js": "text/javascript; charset=utf-8", "graph.css": "text/css; charset=utf-8"}
 ERRORS = {400: {"model": S.ErrorResponse, "description": "refused: the message says why"},
           404: {"model": S.ErrorResponse, "description": "unknown SAE"},
           413: {"model": S.ErrorResponse, "description": "request body too large"}}
+GRAPH_ERRORS = {**ERRORS, 404: {"model": S.ErrorResponse, "description": "unknown graph"}}
 
 
 def asset_text(name: str) -> str:
@@ -121,7 +126,7 @@ def create_app(service: ExplorerService) -> FastAPI:
 
     @app.exception_handler(SaelabError)
     async def refused(request: Request, exc: SaelabError) -> JSONResponse:
-        code = 404 if isinstance(exc, UnknownSAEError) else 400
+        code = 404 if isinstance(exc, (UnknownSAEError, UnknownGraphError)) else 400
         return JSONResponse({"detail": str(exc)}, status_code=code)
 
     @app.exception_handler(Exception)
@@ -165,25 +170,50 @@ def create_app(service: ExplorerService) -> FastAPI:
         return await run_in_threadpool(service.compare, body.prompt, body.sae, body.latent, body.steer,
                                        body.position, body.k)
 
+    if service.graphs.names():
+        add_graph_routes(app, service)
+
     def openapi() -> dict:
         if app.openapi_schema is None:
-            app.openapi_schema = with_sae_names(get_openapi(title=app.title, version=app.version,
-                                                            description=app.description, routes=app.routes),
-                                                list(service.saes))
+            saes = list(service.saes)
+            app.openapi_schema = with_names(get_openapi(title=app.title, version=app.version,
+                                                        description=app.description, routes=app.routes),
+                                            {"sae": saes, "upstream": saes, "graph": service.graphs.names()})
         return app.openapi_schema
 
     app.openapi = openapi
     return app
 
 
-def with_sae_names(schema: dict, names: list[str]) -> dict:
-    """The OpenAPI document with the ``sae`` and ``upstream`` fields of requests listing the SAEs this
-    server loaded (an enum), so clients and fuzzers know the accepted names."""
+def add_graph_routes(app: FastAPI, service: ExplorerService) -> None:
+    """The graph view and its API (see the module docstring)."""
+    graphs = service.graphs
+
+    @app.get("/graph", response_class=HTMLResponse, include_in_schema=False)
+    def graph_page() -> HTMLResponse:
+        return HTMLResponse(asset_text("graph.html"))
+
+    @app.get("/api/graphs", response_model=S.GraphListResponse)
+    def graph_list() -> dict:
+        return graphs.listing()
+
+    @app.post("/api/graph", response_model=S.GraphResponse, responses=GRAPH_ERRORS)
+    def graph(body: S.GraphRequest) -> dict:
+        return graphs.view(body.graph, body.max_edges)
+
+    @app.post("/api/graph/intervene", response_model=S.InterventionResponse, responses=GRAPH_ERRORS)
+    async def graph_intervene(body: S.InterventionRequest) -> dict:
+        return await run_in_threadpool(graphs.intervene, body.graph, body.nodes, body.mode, body.scale, body.k)
+
+
+def with_names(schema: dict, names: dict[str, list[str]]) -> dict:
+    """The OpenAPI document with the name fields of requests (``sae``, ``upstream``, ``graph``) listing the
+    names this server loaded (an enum), so clients and fuzzers know the accepted names."""
     for component in schema.get("components", {}).get("schemas", {}).values():
         if not component.get("title", "").endswith("Request"):
             continue
-        for field_name in ("sae", "upstream"):
+        for field_name, accepted in names.items():
             if field_name in component.get("properties", {}):
-                component["properties"][field_name]["enum"] = names
+                component["properties"][field_name]["enum"] = accepted
     return schema
 

@@ -2,19 +2,23 @@
 
 Requests carry hard bounds (``HARD_MAX_PROMPT_CHARS``, ``MAX_TOP_K``, ...); the server's own limits
 (``ExplorerLimits``) may be tighter and are checked by the service. No field names a file path: SAEs
-are chosen by the name the server gave them at start (``GET /api/info``).
+and attribution graphs are chosen by the name the server gave them at start (``GET /api/info``,
+``GET /api/graphs``).
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 HARD_MAX_PROMPT_CHARS = 20_000
 MAX_TOP_K = 50
 MAX_INDEX = 1 << 30
 MAX_STEER = 1000.0
+MAX_SCALE = 1000.0
+HARD_MAX_GRAPH_EDGES = 1_000_000
+HARD_MAX_INTERVENTION_NODES = 256
 
 
 class Request(BaseModel):
@@ -73,6 +77,34 @@ class CompareRequest(PromptRequest):
     k: int = Field(8, ge=1, le=MAX_TOP_K)
 
 
+class GraphRequest(Request):
+    graph: str = Field(min_length=1, max_length=200, description="a graph name from /api/graphs")
+    max_edges: int | None = Field(None, ge=1, le=HARD_MAX_GRAPH_EDGES,
+                                  description="send only the strongest edges (default: the server's limit)")
+
+
+NodeId = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+
+
+class InterventionRequest(Request):
+    graph: str = Field(min_length=1, max_length=200, description="a graph name from /api/graphs")
+    nodes: list[NodeId] = Field(min_length=1, max_length=HARD_MAX_INTERVENTION_NODES,
+                                description="feature node ids of the graph (feature:LAYER:POS:INDEX)")
+    mode: Literal["ablate", "steer"] = Field(description="ablate: activations x 0; steer: activations x scale")
+    scale: float | None = Field(None, ge=-MAX_SCALE, le=MAX_SCALE, allow_inf_nan=False,
+                                description="factor on the features' activations (mode steer only)")
+    k: int = Field(10, ge=1, le=MAX_TOP_K, description="tokens listed whose probability changed most")
+
+    @model_validator(mode="after")
+    def _scale_fits_mode(self) -> InterventionRequest:
+        if self.mode == "steer" and self.scale is None:
+            raise ValueError("mode 'steer' needs a scale: the factor on the features' activations (e.g. 2)")
+        if self.mode == "ablate" and self.scale not in (None, 0.0):
+            raise ValueError(f"scale={self.scale} is for mode 'steer'; mode 'ablate' sets the activations to 0 "
+                             "(leave scale out)")
+        return self
+
+
 # ---------------------------------------------------------------------------------------------- responses
 class ErrorResponse(BaseModel):
     detail: str
@@ -109,6 +141,7 @@ class InfoResponse(BaseModel):
     saes: list[SAEInfo]
     limits: LimitsInfo
     example_prompts: list[str]
+    graphs: list[str]
 
 
 class LatentValue(BaseModel):
@@ -237,3 +270,84 @@ class CompareResponse(BaseModel):
     position: int
     token: str
     variants: list[Variant]
+
+
+class GraphSummary(BaseModel):
+    name: str
+    prompt: str
+    model: str
+    n_tokens: int
+    n_nodes: int
+    n_edges: int
+    scores: dict[str, float | None]
+    can_intervene: bool
+    intervene_note: str | None
+
+
+class GraphListResponse(BaseModel):
+    graphs: list[GraphSummary]
+
+
+class GraphNode(BaseModel):
+    id: str
+    kind: Literal["embedding", "feature", "error", "logit"]
+    layer: int
+    position: int
+    token: str
+    token_id: int
+    feature: int | None
+    activation: float | None
+    probability: float | None
+    influence: float
+    label: str | None
+
+
+class GraphEdge(BaseModel):
+    source: str
+    target: str
+    weight: float
+
+
+class GraphLimits(BaseModel):
+    max_graph_edges: int
+    max_intervention_nodes: int
+    max_scale: float
+
+
+class GraphResponse(GraphSummary):
+    metadata: dict[str, Any]
+    nodes: list[GraphNode]
+    edges: list[GraphEdge]
+    edges_total: int
+    sae_by_layer: list[str | None]
+    prompt_tokens_match: bool
+    limits: GraphLimits
+
+
+class LogitChange(BaseModel):
+    token: str
+    token_id: int
+    logit_before: float | None
+    logit_after: float | None
+    prob_before: float | None
+    prob_after: float | None
+
+
+class GraphLogitChange(LogitChange):
+    real: float | None
+    predicted: float | None
+    direct: float | None
+
+
+class InterventionResponse(BaseModel):
+    graph: str
+    nodes: list[str]
+    mode: Literal["ablate", "steer"]
+    scale: float
+    position: int
+    token: str
+    kl: float | None
+    logits: list[GraphLogitChange]
+    top_changed: list[LogitChange]
+    max_abs_error: float | None
+    relative_error: float | None

@@ -6,6 +6,7 @@
     service.dfa(prompt, "attn_L3", 17, position=-1)            # by head and by source token
     service.recurse(prompt, "attn_L3", 17, dest=-1, src=4, upstream="attn_L2")
     service.compare(prompt, "attn_L3", latent=17, steer=4.0)    # clean / spliced / ablated / steered
+    service.graphs.intervene("ioi", ["feature:3:14:101"], "ablate")   # attribution graphs (explorer.graphs)
 
 Every answer is a JSON-able dict shaped like the matching response in ``saelab.explorer.schemas``.
 Concurrency: forward passes hook the shared model's modules, so they run one at a time under
@@ -31,6 +32,8 @@ from saelab.attention.recursive import bind_upstream, recursive_dfa
 from saelab.causal.edits import steer as steer_latent
 from saelab.causal.edits import zero_ablate
 from saelab.errors import ConfigError, CorruptFileError, SaelabError, check_range
+from saelab.explorer.errors import RequestLimitError, UnknownSAEError
+from saelab.explorer.graphs import GraphStore, distinct_folders, read_explorer_graph
 from saelab.interp.logits import RESIDUAL_KINDS, head_shares
 from saelab.interp.site import encode_windows
 from saelab.interp.tokens import TokenNames
@@ -38,14 +41,6 @@ from saelab.models import LoadedModel, parse_hook_name
 from saelab.models.hook_points import ATTN_Z
 from saelab.sae import SAE
 from saelab.splicing import Splice, check_sae_fits, ordinary_token_mask, splice_edits
-
-
-class UnknownSAEError(SaelabError):
-    """A request named an SAE the server did not load."""
-
-
-class RequestLimitError(SaelabError):
-    """A request asks for more than the server's limits allow."""
 
 
 @dataclass
@@ -60,6 +55,10 @@ class ExplorerLimits:
     dashboard_context: int = 64        # window length of its examples
     dashboard_cache: int = 128         # on-demand dashboards kept (LRU)
     max_body_bytes: int = 64 * 1024    # request bodies larger than this get 413
+    max_graph_edges: int = 5000        # edges of a graph sent at most (its strongest)
+    max_intervention_nodes: int = 32   # feature nodes ablated or steered at once
+    max_scale: float = 100.0           # |factor| on steered features' activations
+    graph_cache: int = 2               # rebuilt replacement models and full graphs kept (LRU)
 
     def __post_init__(self) -> None:
         check_range("max_prompt_chars", self.max_prompt_chars, 1, 20_000, integer=True)
@@ -70,13 +69,18 @@ class ExplorerLimits:
         check_range("dashboard_context", self.dashboard_context, 8, 4096, integer=True)
         check_range("dashboard_cache", self.dashboard_cache, 0, None, integer=True)
         check_range("max_body_bytes", self.max_body_bytes, 1024, None, integer=True)
+        check_range("max_graph_edges", self.max_graph_edges, 1, 1_000_000, integer=True)
+        check_range("max_intervention_nodes", self.max_intervention_nodes, 1, 256, integer=True)
+        check_range("max_scale", self.max_scale, 0, 1000.0)
+        check_range("graph_cache", self.graph_cache, 1, None, integer=True)
 
 
 @dataclass
 class ExplorerSAE:
     """One loaded SAE: its name in the API, the hook it reads (``hook``; per-token latents come from
     there) and the hook it writes (``hook_out``: a transcoder's target, else ``hook``), what kind of
-    site it reads, its attention binding (hook_z SAEs) and precomputed dashboard records by latent index."""
+    site it reads, its attention binding (hook_z SAEs), precomputed dashboard records by latent index and
+    the folder it was loaded from (None when given as an object)."""
 
     name: str
     sae: SAE
@@ -87,6 +91,7 @@ class ExplorerSAE:
     attention: AttentionSAE | None = None
     dashboard: dict[int, dict] = field(default_factory=dict)
     upstream: list[str] = field(default_factory=list)
+    folder: str | None = None
 
     @property
     def d_sae(self) -> int:
@@ -162,12 +167,16 @@ def dashboard_view(record: dict, sae_name: str, source: str, n_tokens: int) -> d
 
 
 class ExplorerService:
-    """The model, its SAEs (by name) and the computations behind each API endpoint."""
+    """The model, its SAEs (by name), its attribution graphs (``graphs``, a ``GraphStore``) and the
+    computations behind each API endpoint. ``folders``: the folder each SAE was loaded from (by name), so
+    that a graph's transcoders are matched to the SAEs with their dashboards and not loaded twice."""
 
     def __init__(self, lm: LoadedModel, saes: dict[str, SAE], limits: ExplorerLimits | None = None,
-                 dashboards: dict[str, str | Path] | None = None, source: str = "toy:1"):
+                 dashboards: dict[str, str | Path] | None = None, source: str = "toy:1",
+                 folders: dict[str, str | Path] | None = None):
         if not saes:
-            raise ConfigError("the explorer needs at least one SAE (--sae DIR)")
+            raise ConfigError("the explorer needs at least one SAE (--sae DIR, or --graph files whose transcoder "
+                              "folders exist)")
         self.lm, self.limits, self.source_spec = lm, limits or ExplorerLimits(), source
         self.names = TokenNames(lm)
         self.model_lock = threading.Lock()
@@ -179,7 +188,9 @@ class ExplorerService:
         for name, sae in saes.items():
             hook, hook_out = check_sae_fits(lm, sae)
             kind, layer = site_kind(lm, hook)
-            entry = ExplorerSAE(name, sae, hook, kind, layer, hook_out=hook_out)
+            folder = (folders or {}).get(name)
+            entry = ExplorerSAE(name, sae, hook, kind, layer, hook_out=hook_out,
+                                folder=None if folder is None else str(folder))
             if kind == "attention":
                 entry.attention = bind_attention_sae(lm, sae)
             self.saes[name] = entry
@@ -188,29 +199,42 @@ class ExplorerService:
                 entry.upstream = [other.name for other in self.saes.values() if self._feeds(entry, other)]
         for name, path in (dashboards or {}).items():
             self.attach_dashboard(name, read_dashboard_file(path))
+        self.graphs = GraphStore(lm, self.model_lock, self.limits, self.names, self.saes)
 
     @classmethod
     def open(cls, model: str, sae_specs: list[str], dashboards: list[str] | None = None,
              limits: ExplorerLimits | None = None, source: str = "toy:1", device: str = "cpu",
-             dtype: str = "float32") -> ExplorerService:
+             dtype: str = "float32", graphs: list[str] | None = None,
+             graph_transcoders: list[str] | None = None) -> ExplorerService:
         """Load ``model`` and the SAE folders (``DIR`` or ``NAME=DIR``); ``dashboards`` are
-        feature_data.json files (``PATH`` or ``NAME=PATH``) matched to SAEs by name or by hook and width."""
+        feature_data.json files (``PATH`` or ``NAME=PATH``) matched to SAEs by name or by hook and width.
+        ``graphs``: graph.json files of ``saelab graph`` or their folders (``PATH`` or ``NAME=PATH``), whose
+        interventions use ``graph_transcoders`` (default: the folders each file records). Without SAEs, the
+        graphs' transcoders are the explorer's SAEs (their dashboards are then a click away in the graph view)."""
         from saelab.models import load_model
         from saelab.sae import load_sae
 
+        read = [read_explorer_graph(*sae_name_and_path(spec), transcoders=graph_transcoders)
+                for spec in graphs or []]
+        if not sae_specs:
+            sae_specs = [f"{folder.name}={folder}" for folder in distinct_folders(read)]
         lm = load_model(model, device=device, dtype=dtype)
         saes: dict[str, SAE] = {}
+        folders: dict[str, str] = {}
         for spec in sae_specs:
             name, path = sae_name_and_path(spec)
             name = name or Path(path).name or path
             if name in saes:
                 raise ConfigError(f"two SAEs are named {name!r}; name them with --sae NAME=DIR")
             saes[name] = load_sae(path, device=device)
-        service = cls(lm, saes, limits, source=source)
+            folders[name] = path
+        service = cls(lm, saes, limits, source=source, folders=folders)
         for spec in dashboards or []:
             name, path = sae_name_and_path(spec)
             data = read_dashboard_file(path)
             service.attach_dashboard(name or service._match_dashboard(data, path), data)
+        for graph in read:
+            service.graphs.attach(graph)
         return service
 
     # ------------------------------------------------------------------------------------- setup
@@ -302,6 +326,7 @@ class ExplorerService:
                        "max_top_k": lim.max_top_k, "max_steer": lim.max_steer,
                        "dashboard_tokens": lim.dashboard_tokens, "max_body_bytes": lim.max_body_bytes},
             "example_prompts": self.example_prompts(),
+            "graphs": self.graphs.names(),
         }
 
     def example_prompts(self) -> list[str]:

@@ -1,5 +1,7 @@
 // saelab explorer: the page's logic. Plain DOM (no framework, no network beyond this server).
 // Every string from the server is inserted with textContent, never as HTML.
+// The graph page (graph.html) loads this file first for its helpers (el, api, fmt, ...), then graph.js.
+// Deep link: #sae=NAME&latent=N[&prompt=TEXT&position=P] opens that latent (the graph view links here).
 "use strict";
 
 const state = {
@@ -95,6 +97,33 @@ async function start() {
   $("run").addEventListener("click", run);
   $("prompt").addEventListener("keydown", (e) => { if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) run(); });
   $("compare-run").addEventListener("click", () => guarded(compare));
+  if (info.graphs.length) {
+    const link = $("graphs-link");
+    link.textContent = `attribution graphs (${info.graphs.length}) ▸`;
+    link.hidden = false;
+  }
+  await openFromHash();
+}
+
+async function openFromHash() {
+  const params = new URLSearchParams(window.location.hash.slice(1));
+  const sae = params.get("sae");
+  const latent = Number(params.get("latent"));
+  if (!sae || !saeInfo(sae) || !params.has("latent") || !Number.isInteger(latent) || latent < 0) return;
+  state.sae = sae;
+  $("sae-select").value = sae;
+  describeSae();
+  if (params.get("prompt")) {
+    $("prompt").value = params.get("prompt");
+    await run();
+  }
+  let position = params.has("position") ? Number(params.get("position")) : -1;
+  if (state.tokens && Number.isInteger(position) && position >= 0 && position < state.tokens.tokens.length) {
+    selectToken(position);
+  } else {
+    position = -1;
+  }
+  await selectLatent({ sae, latent, position }, true);
 }
 
 function describeSae() {
@@ -193,7 +222,7 @@ async function selectLatent(step, resetTrail) {
     clear($("latent-body"), el("p", { class: "muted" }, "loading…"));
     show("latent-card");
     const jobs = [api("api/latent", { sae: step.sae, latent: step.latent }).then(renderDashboard)];
-    if (info.kind === "attention") {
+    if (info.kind === "attention" && state.prompt) {
       jobs.push(api("api/dfa", { prompt: state.prompt, sae: step.sae, latent: step.latent, position: step.position, k: 8 })
         .then(renderDFA));
     } else {
@@ -389,4 +418,4 @@ async function compare() {
   show("compare-card");
 }
 
-window.addEventListener("DOMContentLoaded", () => guarded(start));
+window.addEventListener("DOMContentLoaded", () => { if ($("sae-select")) guarded(start); });
