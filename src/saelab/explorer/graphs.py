@@ -31,7 +31,7 @@ import torch
 
 from saelab.errors import ConfigError, SaelabError
 from saelab.explorer.errors import RequestLimitError, UnknownGraphError
-from saelab.graphs.attribution import AttributionGraph, GraphConfig, build_graph
+from saelab.graphs.attribution import AttributionGraph, build_graph, graph_config_of
 from saelab.graphs.graph_json import GRAPH_FILE, load_graph_json, node_id
 from saelab.graphs.interventions import intervene
 from saelab.graphs.replacement import ReplacementModel
@@ -319,12 +319,10 @@ class GraphStore:
                     self.traces.move_to_end(graph.name)
                     return self.traces[graph.name]
             transcoders = self.transcoders_of(graph)
-            meta, cfg = graph.metadata, graph.metadata["config"]
-            config = GraphConfig(max_logits=cfg["max_logits"], prob_mass=cfg["prob_mass"],
-                                 max_feature_nodes=cfg["max_feature_nodes"], batch_size=cfg["batch_size"])
+            meta = graph.metadata
             with self.model_lock:
                 replacement = ReplacementModel(self.lm, transcoders, torch.tensor(meta["token_ids"]))
-            attribution = build_graph(replacement, config)
+            attribution = build_graph(replacement, graph_config_of(meta))
             self.check_reproduced(graph, attribution)
             with self.cache_lock:
                 self.traces[graph.name] = (replacement, attribution)

@@ -182,6 +182,13 @@ class Targets:
         return Targets(self.layers[index], self.positions[index], self.vectors[index])
 
 
+def graph_config_of(metadata: dict) -> GraphConfig:
+    """The ``GraphConfig`` a graph file was traced with (its ``metadata["config"]``), to trace it again."""
+    cfg = metadata["config"]
+    return GraphConfig(max_logits=cfg["max_logits"], prob_mass=cfg["prob_mass"],
+                       max_feature_nodes=cfg["max_feature_nodes"], batch_size=cfg["batch_size"])
+
+
 def salient_logits(logits: Tensor, max_logits: int = 10, prob_mass: float = 0.95) -> tuple[Tensor, Tensor]:
     """The fewest most probable tokens of ``logits [d_vocab]`` whose probabilities sum to ``prob_mass``
     (at most ``max_logits``): ``(token ids [n], probabilities [n])``."""

@@ -265,6 +265,7 @@ def run_train_transcoders(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------- intervene
 def run_intervene(args: argparse.Namespace) -> int:
+    from saelab.graphs.attribution import graph_config_of
     from saelab.graphs.graph_json import load_graph_json
     from saelab.graphs.interventions import intervene
     from saelab.graphs.trace import trace_prompt
@@ -281,12 +282,7 @@ def run_intervene(args: argparse.Namespace) -> int:
         raise ConfigError(f"{args.graph} records no transcoder folders; pass --transcoders")
     lm = load_model(model_spec, device=args.device, dtype=args.model_dtype)
     transcoders, _ = load_transcoders(lm, folders, device=args.device)
-    cfg = meta["config"]
-    from saelab.graphs.attribution import GraphConfig
-
-    graph_cfg = GraphConfig(max_logits=cfg["max_logits"], prob_mass=cfg["prob_mass"],
-                            max_feature_nodes=cfg["max_feature_nodes"], batch_size=cfg["batch_size"])
-    result = trace_prompt(lm, transcoders, meta["token_ids"], graph_cfg, n_paths=0)
+    result = trace_prompt(lm, transcoders, meta["token_ids"], graph_config_of(meta), n_paths=0)
     nodes = [n.strip() for n in args.nodes.split(",") if n.strip()]
     outcome = intervene(result.replacement, result.graph, nodes, args.scale)
     summary = outcome.summary(TokenNames(lm).names(outcome.tokens.tolist()))
