@@ -102,9 +102,11 @@ def test_patched_value_changes_downstream_activations_and_logits(lm, tokens, kin
     _, clean = lm.run_with_cache(tokens, [upstream, downstream])
     with lm.hooks(edits={f"blocks.{layer}.{kind}": _perturb(kind)}, capture=[upstream, downstream]) as session:
         logits = lm.model(tokens).logits
-    if kind != "hook_resid_pre":  # upstream untouched (the pattern path runs eager attention: rounding only)
+    if kind != "hook_resid_pre":  # upstream untouched (the pattern path runs eager attention: rounding only,
+        # up to about 1e-6 relative on values near 1, depending on the CPU's kernels)
         torch.testing.assert_close(session.cache[upstream], clean[upstream],
-                                   rtol=0, atol=1e-6 if kind == "attn.hook_pattern" else 0)
+                                   rtol=1e-5 if kind == "attn.hook_pattern" else 0,
+                                   atol=1e-6 if kind == "attn.hook_pattern" else 0)
     assert not torch.allclose(session.cache[downstream], clean[downstream])
     assert not torch.allclose(logits, lm.model(tokens).logits)
 
