@@ -26,6 +26,12 @@ def one_torch_thread():
 
 
 @pytest.fixture(scope="module")
+def toy_lm(one_torch_thread) -> LoadedModel:
+    """The bundled toy model, for a module run on one torch thread."""
+    return load_model("toy")
+
+
+@pytest.fixture(scope="module")
 def tiny_gpt2_with_toy_tokenizer() -> LoadedModel:
     """A random 3-block GPT-2 over the toy world's vocabulary: fast, and reads the toy sources."""
     from saelab.toy.tokenizer import build_hf_tokenizer

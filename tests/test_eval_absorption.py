@@ -21,23 +21,19 @@ from saelab.eval.absorption import (
     word_split,
 )
 from saelab.eval.concepts import ConceptError, first_letter_data, toy_texts
-from saelab.models import LoadedModel, load_model
-from saelab.models.tiny import torch_threads
+from saelab.models import LoadedModel
 from saelab.sae import SAEConfig, make_sae, save_sae
 from saelab.splicing import SAEModelMismatchError
 
 HOOK = "blocks.2.hook_resid_post"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    with torch_threads(1):
-        yield
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def toy() -> LoadedModel:
-    return load_model("toy")
+def toy(toy_lm) -> LoadedModel:
+    return toy_lm
 
 
 def _config(**kw) -> AbsorptionConfig:

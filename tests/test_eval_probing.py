@@ -37,8 +37,8 @@ from saelab.eval.probing import (
     top_mean_difference,
 )
 from saelab.eval.recovery import NotToyModelError
-from saelab.models import LoadedModel, load_model
-from saelab.models.tiny import tiny_model, torch_threads
+from saelab.models import LoadedModel
+from saelab.models.tiny import tiny_model
 from saelab.sae import SAEConfig, make_sae, save_sae
 from saelab.splicing import SAEModelMismatchError
 
@@ -47,15 +47,12 @@ CONCEPTS = ("role=noun", "role=verb", "role=punct", "role=name", "role=det", "in
             "segment=repeat", "task=ioi.S2", "task=greater_than.END")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    with torch_threads(1):
-        yield
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def toy() -> LoadedModel:
-    return load_model("toy")
+def toy(toy_lm) -> LoadedModel:
+    return toy_lm
 
 
 def _variables():
