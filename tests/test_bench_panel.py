@@ -25,8 +25,6 @@ from saelab.errors import ConfigError, SaelabError
 from saelab.eval.evaluate import EvalConfig
 from saelab.eval.meta_sae import MetaSAEConfig
 from saelab.eval.saebench import OUTPUT_FIELDS
-from saelab.models import load_model
-from saelab.models.tiny import torch_threads
 from saelab.sae import SAEConfig, make_sae, save_sae
 
 HOOK = "blocks.1.hook_resid_pre"
@@ -41,15 +39,12 @@ SAEBENCH_METRICS = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    with torch_threads(1):
-        yield
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def lm():
-    return load_model("toy")
+def lm(toy_lm):
+    return toy_lm
 
 
 @pytest.fixture(scope="module")
