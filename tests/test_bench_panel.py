@@ -16,6 +16,8 @@ from saelab.bench.panel import (
     AutointerpPanelConfig,
     PanelConfig,
     cache_path,
+    concept_texts,
+    panel_concepts,
     row_labels,
     run_panel,
     winners,
@@ -189,6 +191,40 @@ def test_probing_and_absorption_slots(lm, folders, tmp_path):
     assert set(absorbed["eval_result_metrics"]["mean"]) == {
         "mean_absorption_fraction_score", "mean_full_absorption_score", "mean_num_split_features",
         "std_dev_absorption_fraction_score", "std_dev_full_absorption_score", "std_dev_num_split_features"}
+
+
+def test_text_concepts_and_absorption_words_come_from_the_panel_source(lm, folders, tmp_path):
+    import numpy as np
+
+    from saelab.eval.concepts import toy_texts
+
+    texts = toy_texts(80, seed=7)  # not the default eval source's documents
+    held = tmp_path / "held.txt"
+    held.write_text("\n\n".join(texts))
+    config = small_config(("sparse_probing", "absorption"), eval_source=str(held))
+    assert concept_texts(config, 5) == texts[:5]
+    concepts = panel_concepts(lm, config)
+    assert [c.name for c in concepts] == ["code", "number", "capitalised"]
+    expected, _ = lm.tokenize(texts[:64])
+    for concept in concepts[1:]:  # the token properties read exactly the source's first 64 texts
+        assert torch.equal(concept.input_ids, expected[:, :concept.input_ids.shape[1]])
+    report = run_panel(lm, folders[1:], tmp_path / "panel", config)
+    assert not report["errors"], report["errors"]
+    record = json.loads(cache_path(tmp_path / "panel", "toy-relu", "absorption").read_text())
+    assert record["key"]["settings"]["text_source"] == str(held)
+    assert record["key"]["settings"]["n_documents"] == 24
+    assert any(str(held) in note for note in record["result"]["notes"])
+    probing = json.loads(cache_path(tmp_path / "panel", "toy-relu", "sparse_probing").read_text())
+    assert probing["key"]["settings"]["concepts"]["text_source"] == str(held)
+    # another source is another key: computed again, not read from the cache
+    other = run_panel(lm, folders[1:], tmp_path / "panel", dataclasses.replace(config, eval_source="toy:9"))
+    assert other["cached"]["toy-relu"] == []
+    # a source of token ids has no words: the cell is empty and the reason says so
+    ids = tmp_path / "ids.npy"
+    np.save(ids, np.arange(64, dtype=np.int64))
+    report = run_panel(lm, folders[1:], tmp_path / "panel", dataclasses.replace(config, eval_source=str(ids)))
+    assert {e["metric"] for e in report["errors"]} == {"sparse_probing", "absorption"}
+    assert all("holds token ids, not text" in e["error"] for e in report["errors"])
 
 
 def test_winners_by_hand():

@@ -51,9 +51,9 @@ def register(subparsers) -> None:
                         "(any tokenizer); auto: toy for the toy vocabulary (default)")
     p.add_argument("--probe-ks", default="1,2,5,20", help="sparse_probing: latents per probe (default 1,2,5,20)")
     p.add_argument("--probe-documents", type=int, default=512,
-                   help="sparse_probing: toy documents the concepts are read from (default 512)")
+                   help="sparse_probing: texts of --source the text concepts are read from (default 512)")
     p.add_argument("--absorption-documents", type=int, default=512,
-                   help="absorption: toy documents the first-letter words are read from (default 512)")
+                   help="absorption: texts of --source the first-letter words are read from (default 512)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed of every metric (default 0)")
     p.add_argument("--force", action="store_true", help="recompute results that are cached in --out")
     p.add_argument("--device", default="cpu", help="device of the model and SAEs (default cpu)")

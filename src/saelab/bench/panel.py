@@ -16,10 +16,11 @@ or ``""``: shown, not ranked). Registered here:
 - ``autointerp``: ``saelab.interp.autointerp`` with the token-statistics explainer and judge (no LLM)
   on ``n_latents`` latents drawn (seeded) from the live ones; mean detection, fuzzing, simulation.
 - ``sparse_probing``: ``saelab.eval.probing`` on ``panel_concepts`` (the toy world's planted
-  variables for the toy vocabulary, else code vs prose and token properties), activations read once
-  per hook; mean test accuracy and AUC per k, the dense probe's for reference; SAEBench's
+  variables for the toy vocabulary, else code vs prose and token properties of the ``eval_source``
+  texts), activations read once per hook; mean test accuracy and AUC per k, the dense probe's for reference; SAEBench's
   ``sparse_probing`` shape (concept groups as its data sets).
-- ``absorption``: ``saelab.eval.absorption`` (first-letter task); mean absorption fraction and
+- ``absorption``: ``saelab.eval.absorption`` (first-letter task, words of the ``eval_source``
+  texts, tokenized once per panel); mean absorption fraction and
   full-absorption rate (lower wins); SAEBench's ``absorption_first_letter`` shape.
 
 Both are imported when first used (a missing module is a clear error).
@@ -363,11 +364,19 @@ def probing_config(config: PanelConfig):
                           f"{', '.join(PROBING_CONCEPT_KEYS)} and ProbingConfig's fields") from None
 
 
+def concept_texts(config: PanelConfig, n_texts: int) -> list[str]:
+    """The first ``n_texts`` texts of ``config.eval_source``: what the text concepts of sparse probing
+    and the first-letter words of absorption are read from (the toy source: its documents' words)."""
+    from saelab.data.sources import read_texts
+
+    return read_texts(config.eval_source, n_texts, what="panel source")
+
+
 def panel_concepts(lm: LoadedModel, config: PanelConfig) -> list:
     """The concepts sparse probing reads: ``concepts="toy"`` the toy world's planted variables
-    (``toy_concepts``), ``"text"`` code vs prose and token properties of toy-world prose (any
-    tokenizer), ``"auto"`` toy for a model with the toy vocabulary, else text."""
-    from saelab.eval.concepts import code_vs_prose_concept, default_context, toy_concepts, toy_texts
+    (``toy_concepts``), ``"text"`` code vs prose and token properties of ``concept_texts`` (saelab's
+    own modules as the code; any tokenizer), ``"auto"`` toy for a model with the toy vocabulary, else text."""
+    from saelab.eval.concepts import code_vs_prose_concept, default_context, toy_concepts
     from saelab.eval.concepts import token_property_concepts as properties
     from saelab.eval.recovery import NotToyModelError, check_toy_vocabulary
 
@@ -385,9 +394,10 @@ def panel_concepts(lm: LoadedModel, config: PanelConfig) -> list:
     if kind == "toy":
         return toy_concepts(lm, n_documents=n_docs, n_per_class=n_per_class, context_size=context,
                             min_per_class=min_per_class, sample_seed=config.seed)
-    return [code_vs_prose_concept(lm, n_per_class=n_per_class, min_per_class=min_per_class, context_size=context,
-                                  seed=config.seed),
-            *properties(lm, toy_texts(n_docs), context_size=context, n_per_class=n_per_class,
+    texts = concept_texts(config, n_docs)
+    return [code_vs_prose_concept(lm, prose_texts=texts, n_per_class=n_per_class, min_per_class=min_per_class,
+                                  context_size=context, seed=config.seed),
+            *properties(lm, texts, context_size=context, n_per_class=n_per_class,
                         min_per_class=min_per_class, seed=config.seed)]
 
 
@@ -450,7 +460,10 @@ def _sparse_probing(sae: SAE, ctx: PanelContext) -> MetricOutput:
 def _probing_settings(config: PanelConfig) -> dict[str, Any]:
     settings = probing_config(config).to_dict()
     settings.pop("progress")
-    return {"concepts": _split_probing(config.probing)[0], **settings}
+    concepts = _split_probing(config.probing)[0]
+    if concepts["concepts"] != "toy":  # text concepts (and "auto" on a real model) read eval_source
+        concepts = {**concepts, "text_source": config.eval_source}
+    return {"concepts": concepts, **settings}
 
 
 register_metric(PanelMetric(
@@ -473,9 +486,15 @@ def absorption_config(config: PanelConfig):
 
 def _absorption(sae: SAE, ctx: PanelContext) -> MetricOutput:
     from saelab.eval.absorption import absorption
+    from saelab.eval.concepts import default_context, first_letter_data
 
     cfg = absorption_config(ctx.config)
-    result = absorption(sae, ctx.lm, config=cfg)
+    if "absorption_words" not in ctx.shared:  # tokenized once, shared by every SAE of the panel
+        texts = concept_texts(ctx.config, cfg.n_documents)
+        ctx.shared["absorption_words"] = first_letter_data(ctx.lm, texts, context_size=default_context(ctx.lm),
+                                                           seed=cfg.seed)
+    result = absorption(sae, ctx.lm, ctx.shared["absorption_words"], config=cfg)
+    result.notes.append(f"words from the first {cfg.n_documents} texts of {ctx.config.eval_source}")
     out = result.to_dict()
     summary = out["summary"]
     figures = {"mean_absorption_fraction": summary["mean_absorption_fraction_score"],
@@ -501,7 +520,7 @@ def _absorption(sae: SAE, ctx: PanelContext) -> MetricOutput:
 def _absorption_settings(config: PanelConfig) -> dict[str, Any]:
     settings = absorption_config(config).to_dict()
     settings.pop("progress")
-    return settings
+    return {**settings, "text_source": config.eval_source}
 
 
 register_metric(PanelMetric(

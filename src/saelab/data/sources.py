@@ -308,6 +308,22 @@ class TokenArraySource(Source):
 SPEC_FORMS = "'toy', 'toy:SEED', 'hf:NAME[:CONFIG]', or a path to .txt/.jsonl/.parquet/.npy/.safetensors (or a folder)"
 
 
+def read_texts(spec: str, n: int, *, what: str = "source") -> list[str]:
+    """The first ``n`` non-empty texts (documents, paragraphs) of the text source ``spec`` (``open_source``);
+    a source of token ids is refused with the reason, since text-level concepts need the words."""
+    import itertools
+
+    check_range("n", n, 1, None, integer=True)
+    source = open_source(spec)
+    if not isinstance(source, TextSource):
+        raise ConfigError(f"{what} {spec!r} holds token ids, not text; give a .txt/.jsonl/.parquet file or folder, "
+                          "toy:SEED or hf:NAME")
+    texts = list(itertools.islice((t for t in source.iter_texts() if t and t.strip()), n))
+    if not texts:
+        raise ConfigError(f"{what} {spec!r} holds no non-empty text")
+    return texts
+
+
 def open_source(spec: str, *, text_column: str = "text", split: str = "train", txt_split: str = "paragraph",
                 seed: int = 0, token_key: str | None = None) -> Source:
     """A source from a string: ``toy`` / ``toy:SEED``, ``hf:NAME[:CONFIG]``, or a file / folder path."""

@@ -17,7 +17,6 @@ held-out toy documents for a toy-vocabulary model, else ``real/corpus/heldout.tx
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import sys
 from pathlib import Path
@@ -113,18 +112,12 @@ def _is_toy(lm) -> bool:
 def _texts(spec: str | None, max_texts: int, lm) -> tuple[list[str], str]:
     """(texts, description) of ``--text``; by default held-out toy documents for a toy-vocabulary
     model, else ``REAL_CORPUS`` when present, else toy documents."""
-    from saelab.data.sources import TextSource, open_source
-    from saelab.eval.concepts import toy_texts
-    from saelab.eval.evaluate import DEFAULT_EVAL_SEED
+    from saelab.data.sources import read_texts
+    from saelab.eval.evaluate import DEFAULT_EVAL_SOURCE
 
     if spec is None:
-        if _is_toy(lm) or not REAL_CORPUS.is_file():
-            return toy_texts(max_texts), f"toy:{DEFAULT_EVAL_SEED} ({max_texts} documents)"
-        spec = str(REAL_CORPUS)
-    source = open_source(spec)
-    if not isinstance(source, TextSource):
-        raise ConfigError(f"--text {spec!r} holds token ids, not text; give a .txt/.jsonl file or folder")
-    return list(itertools.islice(source.iter_texts(), max_texts)), f"{spec} (first {max_texts} texts)"
+        spec = DEFAULT_EVAL_SOURCE if _is_toy(lm) or not REAL_CORPUS.is_file() else str(REAL_CORPUS)
+    return read_texts(spec, max_texts, what="--text"), f"{spec} (first {max_texts} texts)"
 
 
 def build_concepts(lm, names: list[str], args: argparse.Namespace) -> tuple[list, dict[str, str]]:
