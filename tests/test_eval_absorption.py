@@ -21,6 +21,7 @@ from saelab.eval.absorption import (
     word_split,
 )
 from saelab.eval.concepts import ConceptError, first_letter_data, toy_texts
+from saelab.eval.probing import example_activations
 from saelab.models import LoadedModel
 from saelab.sae import SAEConfig, make_sae, save_sae
 from saelab.splicing import SAEModelMismatchError
@@ -171,6 +172,11 @@ def test_the_toy_model_is_flagged_as_too_small_for_first_letters(toy, tmp_path):
     assert "too small to represent first letters" in notes and "word-level" in notes
     assert "have too few distinct words" in notes  # q, y, z: two or fewer words in the toy vocabulary
     json.dumps(result.to_dict(), allow_nan=False)
+    x = example_activations(toy, HOOK, data.input_ids, data.context, data.positions)
+    shared = absorption(sae, toy, data, AbsorptionConfig(progress=False), activations=x)  # as the panel passes them
+    assert shared.to_dict() == result.to_dict()
+    with pytest.raises(ConceptError, match="do not match the first-letter data"):
+        absorption(sae, toy, data, AbsorptionConfig(progress=False), activations=x[:-1])
 
     from saelab.eval import probe_commands
 

@@ -487,13 +487,20 @@ def absorption_config(config: PanelConfig):
 def _absorption(sae: SAE, ctx: PanelContext) -> MetricOutput:
     from saelab.eval.absorption import absorption
     from saelab.eval.concepts import default_context, first_letter_data
+    from saelab.eval.probing import example_activations, probe_hook
 
     cfg = absorption_config(ctx.config)
     if "absorption_words" not in ctx.shared:  # tokenized once, shared by every SAE of the panel
         texts = concept_texts(ctx.config, cfg.n_documents)
         ctx.shared["absorption_words"] = first_letter_data(ctx.lm, texts, context_size=default_context(ctx.lm),
                                                            seed=cfg.seed)
-    result = absorption(sae, ctx.lm, ctx.shared["absorption_words"], config=cfg)
+    data = ctx.shared["absorption_words"]
+    hook = probe_hook(ctx.lm, sae)
+    key = f"absorption_activations:{hook}"
+    if key not in ctx.shared:  # one forward pass per hook, shared by the SAEs that read it
+        ctx.shared[key] = example_activations(ctx.lm, hook, data.input_ids, data.context, data.positions,
+                                              batch_size=cfg.batch_size, progress=cfg.progress)
+    result = absorption(sae, ctx.lm, data, config=cfg, activations=ctx.shared[key])
     result.notes.append(f"words from the first {cfg.n_documents} texts of {ctx.config.eval_source}")
     out = result.to_dict()
     summary = out["summary"]

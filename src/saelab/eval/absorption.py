@@ -392,9 +392,12 @@ def absorption_from_activations(sae: SAE, x: Tensor, letters: Tensor, words: Ten
 
 
 def absorption(sae: SAE, lm: LoadedModel, data: FirstLetterData | None = None,
-               config: AbsorptionConfig | None = None, *, texts: Sequence[str] | None = None) -> AbsorptionResult:
+               config: AbsorptionConfig | None = None, *, texts: Sequence[str] | None = None,
+               activations: Tensor | None = None) -> AbsorptionResult:
     """Absorption of ``sae`` on ``lm`` (see the module docstring) over ``data`` (default:
-    ``first_letter_data`` of ``texts``, default the first ``config.n_documents`` held-out toy documents)."""
+    ``first_letter_data`` of ``texts``, default the first ``config.n_documents`` held-out toy documents).
+    activations: ``[n, d_in]`` the SAE's hook at ``data``'s examples (``example_activations``), when
+    several SAEs of one hook share them; read from the model when None."""
     config = config or AbsorptionConfig()
     hook = probe_hook(lm, sae)
     _check_not_transcoder(sae)
@@ -415,8 +418,14 @@ def absorption(sae: SAE, lm: LoadedModel, data: FirstLetterData | None = None,
                      "model never sees spelling; a first-letter direction can only come from memorised word lists")
     except NotToyModelError:
         pass
-    x = example_activations(lm, hook, data.input_ids, data.context, data.positions, batch_size=config.batch_size,
-                            progress=config.progress)
+    if activations is None:
+        x = example_activations(lm, hook, data.input_ids, data.context, data.positions, batch_size=config.batch_size,
+                                progress=config.progress)
+    elif activations.shape != (len(data.letters), lm.hook_d_in(hook)):
+        raise ConceptError(f"activations {tuple(activations.shape)} do not match the first-letter data: expected "
+                           f"[{len(data.letters)}, {lm.hook_d_in(hook)}] from example_activations at {hook}")
+    else:
+        x = activations
     words = data.token_ids
     train = word_split(data.letters, words, config.train_fraction, config.seed, config.split)
     return absorption_from_activations(sae, x, data.letters, words, train, config, hook=hook, model=lm.name,
