@@ -17,6 +17,14 @@ settings.register_profile("ci", max_examples=40, deadline=None, derandomize=True
 settings.register_profile("long", max_examples=2000, deadline=None, suppress_health_check=_LENIENT)
 settings.load_profile(os.environ.get("SAELAB_HYPOTHESIS_PROFILE", "ci"))
 
+# Under pytest-xdist (``-n N``), the workers share the cores: each gets its share of torch threads
+# instead of one thread per core each, which would oversubscribe the machine N times.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0)
+if _WORKERS > 1:
+    import torch
+
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // _WORKERS))
+
 
 @pytest.fixture(scope="module")
 def one_torch_thread():

@@ -202,11 +202,11 @@ def test_text_concepts_and_absorption_words_come_from_the_panel_source(lm, folde
     held = tmp_path / "held.txt"
     held.write_text("\n\n".join(texts))
     config = small_config(("sparse_probing", "absorption"), eval_source=str(held))
-    assert concept_texts(config, 5) == texts[:5]
+    assert concept_texts(config, 5) == [texts[i] for i in (0, 8, 16, 24, 32)]  # spread over the first 40
     concepts = panel_concepts(lm, config)
     assert [c.name for c in concepts] == ["code", "number", "capitalised"]
-    expected, _ = lm.tokenize(texts[:64])
-    for concept in concepts[1:]:  # the token properties read exactly the source's first 64 texts
+    expected, _ = lm.tokenize([texts[i * 80 // 64] for i in range(64)])  # spread over all 80
+    for concept in concepts[1:]:  # the token properties read exactly those 64 texts of the source
         assert torch.equal(concept.input_ids, expected[:, :concept.input_ids.shape[1]])
     report = run_panel(lm, folders[1:], tmp_path / "panel", config)
     assert not report["errors"], report["errors"]
@@ -225,6 +225,37 @@ def test_text_concepts_and_absorption_words_come_from_the_panel_source(lm, folde
     report = run_panel(lm, folders[1:], tmp_path / "panel", dataclasses.replace(config, eval_source=str(ids)))
     assert {e["metric"] for e in report["errors"]} == {"sparse_probing", "absorption"}
     assert all("holds token ids, not text" in e["error"] for e in report["errors"])
+
+
+def test_a_labelled_jsonl_source_adds_one_concept_per_collection(lm, tmp_path):
+    from saelab.data.sources import read_labeled_texts
+    from saelab.eval.concepts import ConceptError, label_concepts, toy_texts
+
+    texts = toy_texts(60, seed=11)
+    labels = ["docs" if i < 30 else "fortunes" for i in range(60)]  # ordered by collection, as the corpus is
+    held = tmp_path / "held.jsonl"
+    held.write_text("".join(json.dumps({"text": t, "source": f"d{i}", "collection": c}) + "\n"
+                            for i, (t, c) in enumerate(zip(texts, labels, strict=True))))
+    config = small_config(("sparse_probing",), eval_source=str(held))
+    concepts = panel_concepts(lm, config)
+    assert [c.name for c in concepts] == ["code", "number", "capitalised", "collection=docs", "collection=fortunes"]
+    docs = concepts[3]
+    read, read_labels = read_labeled_texts(str(held), 64, "collection")
+    assert read == texts and read_labels == labels  # fewer than asked: all of them, both collections
+    positive_rows = set(docs.context[docs.labels].tolist())
+    assert positive_rows and positive_rows <= set(range(30))
+    assert set(docs.context[~docs.labels].tolist()) <= set(range(30, 60))
+    no_labels = small_config(("sparse_probing",), eval_source=str(held),
+                             probing={**config.probing, "label_column": "topic"})
+    assert [c.name for c in panel_concepts(lm, no_labels)] == ["code", "number", "capitalised"]
+    with pytest.raises(ConceptError, match="needs at least two"):
+        label_concepts(lm, texts[:4], ["docs"] * 4)
+    with pytest.raises(ConceptError, match="4 texts but 3 labels"):
+        label_concepts(lm, texts[:4], ["a", "b", "a"])
+    plain = tmp_path / "held.txt"
+    plain.write_text("\n\n".join(texts))
+    with pytest.raises(ConfigError, match="has no columns"):
+        read_labeled_texts(str(plain), 8, "collection")
 
 
 def test_winners_by_hand():

@@ -102,6 +102,8 @@ def test_write_corpus_dedups_filters_and_splits_by_document(tmp_path):
     names_held = {json.loads(line)["source"] for line in (tmp_path / "heldout.jsonl").read_text().splitlines()}
     names_train = {json.loads(line)["source"] for line in (tmp_path / "train.jsonl").read_text().splitlines()}
     assert not names_held & names_train and names_held == {d for d in names_held if is_heldout(d, 0.1)}
+    collections = {json.loads(line)["collection"] for line in (tmp_path / "heldout.jsonl").read_text().splitlines()}
+    assert collections == {"test"}  # each paragraph names its document's collection
     again = write_corpus(docs, tmp_path / "again", heldout_fraction=0.1)
     assert again["sha256"] == manifest["sha256"]  # deterministic
     texts = list(open_source(str(tmp_path / "heldout.txt")).iter_texts())

@@ -16,8 +16,8 @@ or ``""``: shown, not ranked). Registered here:
 - ``autointerp``: ``saelab.interp.autointerp`` with the token-statistics explainer and judge (no LLM)
   on ``n_latents`` latents drawn (seeded) from the live ones; mean detection, fuzzing, simulation.
 - ``sparse_probing``: ``saelab.eval.probing`` on ``panel_concepts`` (the toy world's planted
-  variables for the toy vocabulary, else code vs prose and token properties of the ``eval_source``
-  texts), activations read once per hook; mean test accuracy and AUC per k, the dense probe's for reference; SAEBench's
+  variables for the toy vocabulary, else code vs prose, token properties and, for a .jsonl source
+  with a ``collection`` field, the collection of the ``eval_source`` texts), activations read once per hook; mean test accuracy and AUC per k, the dense probe's for reference; SAEBench's
   ``sparse_probing`` shape (concept groups as its data sets).
 - ``absorption``: ``saelab.eval.absorption`` (first-letter task, words of the ``eval_source``
   texts, tokenized once per panel); mean absorption fraction and
@@ -335,13 +335,13 @@ def _missing_module(metric: str, module: str, exc: ImportError) -> ConfigError:
                        "leave it out of --metrics")
 
 
-PROBING_CONCEPT_KEYS = ("concepts", "n_documents", "n_per_class")
+PROBING_CONCEPT_KEYS = ("concepts", "n_documents", "n_per_class", "label_column")
 CONCEPT_SETS = ("auto", "toy", "text")
 
 
 def _split_probing(settings: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """``PanelConfig.probing`` -> (concept-set settings, ``ProbingConfig`` fields)."""
-    concepts = {"concepts": "auto", "n_documents": 512, "n_per_class": 256}
+    concepts = {"concepts": "auto", "n_documents": 512, "n_per_class": 256, "label_column": "collection"}
     concepts.update({k: v for k, v in settings.items() if k in PROBING_CONCEPT_KEYS})
     check_choice("probing concepts", concepts["concepts"], CONCEPT_SETS)
     check_range("probing n_documents", concepts["n_documents"], 1, integer=True)
@@ -365,8 +365,9 @@ def probing_config(config: PanelConfig):
 
 
 def concept_texts(config: PanelConfig, n_texts: int) -> list[str]:
-    """The first ``n_texts`` texts of ``config.eval_source``: what the text concepts of sparse probing
-    and the first-letter words of absorption are read from (the toy source: its documents' words)."""
+    """``n_texts`` texts of ``config.eval_source`` (``saelab.data.sources.read_texts``: spread over
+    the source's start): what the text concepts of sparse probing and the first-letter words of
+    absorption are read from (the toy source: its documents' words)."""
     from saelab.data.sources import read_texts
 
     return read_texts(config.eval_source, n_texts, what="panel source")
@@ -375,8 +376,11 @@ def concept_texts(config: PanelConfig, n_texts: int) -> list[str]:
 def panel_concepts(lm: LoadedModel, config: PanelConfig) -> list:
     """The concepts sparse probing reads: ``concepts="toy"`` the toy world's planted variables
     (``toy_concepts``), ``"text"`` code vs prose and token properties of ``concept_texts`` (saelab's
-    own modules as the code; any tokenizer), ``"auto"`` toy for a model with the toy vocabulary, else text."""
-    from saelab.eval.concepts import code_vs_prose_concept, default_context, toy_concepts
+    own modules as the code; any tokenizer), plus one concept per value of the ``label_column`` field
+    (default ``collection``) when the source is a .jsonl whose records hold it (the real corpus's
+    ``heldout.jsonl``); ``"auto"`` toy for a model with the toy vocabulary, else text."""
+    from saelab.data.sources import has_column, read_labeled_texts
+    from saelab.eval.concepts import code_vs_prose_concept, default_context, label_concepts, toy_concepts
     from saelab.eval.concepts import token_property_concepts as properties
     from saelab.eval.recovery import NotToyModelError, check_toy_vocabulary
 
@@ -394,11 +398,20 @@ def panel_concepts(lm: LoadedModel, config: PanelConfig) -> list:
     if kind == "toy":
         return toy_concepts(lm, n_documents=n_docs, n_per_class=n_per_class, context_size=context,
                             min_per_class=min_per_class, sample_seed=config.seed)
-    texts = concept_texts(config, n_docs)
-    return [code_vs_prose_concept(lm, prose_texts=texts, n_per_class=n_per_class, min_per_class=min_per_class,
-                                  context_size=context, seed=config.seed),
-            *properties(lm, texts, context_size=context, n_per_class=n_per_class,
-                        min_per_class=min_per_class, seed=config.seed)]
+    column = settings["label_column"]
+    labelled = bool(column) and has_column(config.eval_source, column)
+    if labelled:
+        texts, labels = read_labeled_texts(config.eval_source, n_docs, column, what="panel source")
+    else:
+        texts = concept_texts(config, n_docs)
+    concepts = [code_vs_prose_concept(lm, prose_texts=texts, n_per_class=n_per_class, min_per_class=min_per_class,
+                                      context_size=context, seed=config.seed),
+                *properties(lm, texts, context_size=context, n_per_class=n_per_class,
+                            min_per_class=min_per_class, seed=config.seed)]
+    if labelled:
+        concepts += label_concepts(lm, texts, labels, group=column, context_size=context, n_per_class=n_per_class,
+                                   min_per_class=min_per_class, seed=config.seed)
+    return concepts
 
 
 def _ks(config: PanelConfig) -> tuple[int, ...]:
@@ -501,7 +514,7 @@ def _absorption(sae: SAE, ctx: PanelContext) -> MetricOutput:
         ctx.shared[key] = example_activations(ctx.lm, hook, data.input_ids, data.context, data.positions,
                                               batch_size=cfg.batch_size, progress=cfg.progress)
     result = absorption(sae, ctx.lm, data, config=cfg, activations=ctx.shared[key])
-    result.notes.append(f"words from the first {cfg.n_documents} texts of {ctx.config.eval_source}")
+    result.notes.append(f"words from {cfg.n_documents} texts of {ctx.config.eval_source} (read_texts)")
     out = result.to_dict()
     summary = out["summary"]
     figures = {"mean_absorption_fraction": summary["mean_absorption_fraction_score"],

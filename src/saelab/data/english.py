@@ -12,7 +12,8 @@ Then paragraphs are filtered (at least ``min_words`` words, mostly letters), ded
 normalised text, and documents are split deterministically into train and held-out by a hash of
 their name, so that no document is in both. ``write_corpus`` writes ``train.txt``/``heldout.txt``
 (paragraphs separated by blank lines, as ``TextFileSource`` reads them), the same as ``.jsonl``
-(``{"text", "source"}`` per paragraph) and ``manifest.json`` (counts, sources, sha256 of each file).
+(``{"text", "source", "collection"}`` per paragraph: the document's name and its collection,
+``python-docs``, ``jargon`` or ``fortunes``) and ``manifest.json`` (counts, sources, sha256 of each file).
 """
 
 from __future__ import annotations
@@ -259,7 +260,8 @@ def write_corpus(documents: Iterable[Document], out: str | Path, *, heldout_frac
             by_source[doc.source] = by_source.get(doc.source, 0) + len(doc.paragraphs)
             for paragraph in doc.paragraphs:
                 txt.write(paragraph + "\n\n")
-                jsonl.write(json.dumps({"text": paragraph, "source": doc.name}, ensure_ascii=False) + "\n")
+                jsonl.write(json.dumps({"text": paragraph, "source": doc.name, "collection": doc.source},
+                                       ensure_ascii=False) + "\n")
                 s.paragraphs += 1
                 s.words += len(paragraph.split())
                 s.bytes += len(paragraph.encode()) + 2

@@ -170,7 +170,8 @@ class JsonlSource(TextSource):
     def describe(self) -> dict:
         return {"kind": "jsonl", "path": str(self.path.resolve()), "text_column": self.text_column}
 
-    def iter_texts(self) -> Iterator[str]:
+    def iter_records(self, columns: tuple[str, ...]) -> Iterator[tuple[str, ...]]:
+        """``(record[c] as str for c in columns)`` per line; a line without one of them is an error."""
         for file in self.files:
             with open(file, encoding="utf-8") as fh:
                 for number, line in enumerate(fh, 1):
@@ -180,10 +181,15 @@ class JsonlSource(TextSource):
                         record = json.loads(line)
                     except json.JSONDecodeError as exc:
                         raise CorruptFileError(f"{file}:{number} is not valid JSON: {exc}") from exc
-                    if not isinstance(record, dict) or self.text_column not in record:
+                    missing = [c for c in columns if not isinstance(record, dict) or c not in record]
+                    if missing:
                         keys = list(record) if isinstance(record, dict) else []
-                        raise _missing_column(self.text_column, keys, f"{file} (line {number})")
-                    yield str(record[self.text_column])
+                        raise _missing_column(missing[0], keys, f"{file} (line {number})")
+                    yield tuple(str(record[c]) for c in columns)
+
+    def iter_texts(self) -> Iterator[str]:
+        for (text,) in self.iter_records((self.text_column,)):
+            yield text
 
 
 class ParquetSource(TextSource):
@@ -308,20 +314,55 @@ class TokenArraySource(Source):
 SPEC_FORMS = "'toy', 'toy:SEED', 'hf:NAME[:CONFIG]', or a path to .txt/.jsonl/.parquet/.npy/.safetensors (or a folder)"
 
 
-def read_texts(spec: str, n: int, *, what: str = "source") -> list[str]:
-    """The first ``n`` non-empty texts (documents, paragraphs) of the text source ``spec`` (``open_source``);
-    a source of token ids is refused with the reason, since text-level concepts need the words."""
+READ_TEXTS_POOL = 8  # read_texts draws its texts evenly from the first POOL x n of the source
+
+
+def _spread(items: Iterator, n: int, spec: str, what: str) -> list:
+    """``n`` of the first ``READ_TEXTS_POOL * n`` items, evenly spaced (all when there are fewer)."""
     import itertools
 
     check_range("n", n, 1, None, integer=True)
+    pool = list(itertools.islice(items, READ_TEXTS_POOL * n))
+    if not pool:
+        raise ConfigError(f"{what} {spec!r} holds no non-empty text")
+    return pool if len(pool) <= n else [pool[i * len(pool) // n] for i in range(n)]
+
+
+def read_texts(spec: str, n: int, *, what: str = "source") -> list[str]:
+    """``n`` non-empty texts (documents, paragraphs) of the text source ``spec`` (``open_source``),
+    evenly spaced over its first ``READ_TEXTS_POOL * n`` texts (all of a shorter file), so that a
+    file ordered by collection (``real/corpus/heldout.txt``: Python docs, then Jargon, then
+    fortunes) is read across its parts; deterministic. A source of token ids is refused with the
+    reason, since text-level concepts need the words."""
     source = open_source(spec)
     if not isinstance(source, TextSource):
         raise ConfigError(f"{what} {spec!r} holds token ids, not text; give a .txt/.jsonl/.parquet file or folder, "
                           "toy:SEED or hf:NAME")
-    texts = list(itertools.islice((t for t in source.iter_texts() if t and t.strip()), n))
-    if not texts:
-        raise ConfigError(f"{what} {spec!r} holds no non-empty text")
-    return texts
+    return _spread((t for t in source.iter_texts() if t and t.strip()), n, spec, what)
+
+
+def has_column(spec: str, column: str) -> bool:
+    """Whether ``spec`` is a .jsonl source whose first record holds ``column`` (e.g. the real
+    corpus's ``collection``)."""
+    source = open_source(spec)
+    if not isinstance(source, JsonlSource):
+        return False
+    try:
+        next(source.iter_records((column,)), None)
+    except MissingColumnError:
+        return False
+    return True
+
+
+def read_labeled_texts(spec: str, n: int, label_column: str, *, what: str = "source") -> tuple[list[str], list[str]]:
+    """(texts, labels): as ``read_texts`` for a .jsonl source, with each record's ``label_column``."""
+    source = open_source(spec)
+    if not isinstance(source, JsonlSource):
+        raise ConfigError(f"{what} {spec!r} has no columns; labelled texts need a .jsonl file with a "
+                          f"{label_column!r} field")
+    rows = _spread((r for r in source.iter_records((source.text_column, label_column)) if r[0].strip()), n,
+                   spec, what)
+    return [text for text, _ in rows], [label for _, label in rows]
 
 
 def open_source(spec: str, *, text_column: str = "text", split: str = "train", txt_split: str = "paragraph",

@@ -4,6 +4,7 @@
     concepts = [code_vs_prose_concept(lm)]                        # saelab's own .py files vs prose
     letters = first_letter_data(lm, texts); concepts = letters.concepts()   # "starts with a", ...
     concepts = token_property_concepts(lm, texts)                 # number token, capitalised word
+    concepts = label_concepts(lm, texts, labels)                  # collection=<label>, one-vs-rest
 
 An example is one token of one context: ``input_ids [n_contexts, context]`` (right-padded, BOS first
 where the tokenizer has one; shared by every concept built from the same texts), ``context [n]``
@@ -26,6 +27,8 @@ Builders (special tokens, padding and the unknown token are never examples):
   first letter as a 26-way label; ``.concepts()`` gives one balanced binary concept per letter.
 - ``token_property_concepts``: ``number`` (the token's text is digits) and ``capitalised`` (a
   whole alphabetic word whose first letter is upper case) against every other ordinary token.
+- ``label_concepts``: one-vs-rest per label of labelled texts, e.g. the real corpus's collection
+  (``collection=python-docs|jargon|fortunes``, ``saelab.data.sources.read_labeled_texts``).
 
 Validation (``ConceptError``): a concept needs at least ``min_per_class`` examples of each class;
 the message names the concept, both counts and what to change.
@@ -439,6 +442,32 @@ def token_property_concepts(lm: LoadedModel, texts: Iterable[str], properties: S
             for (row, col), word in zip(mask.nonzero().tolist(), words, strict=True):
                 positive[row, col] = word[0].isupper()
         out.append(balanced_concept(prop, pool.input_ids, pool.candidates, positive, group="token",
+                                    n_per_class=n_per_class, min_per_class=min_per_class, seed=seed,
+                                    vocabulary=vocabulary))
+    return out
+
+
+def label_concepts(lm: LoadedModel, texts: Sequence[str], labels: Sequence[str], *, group: str = "collection",
+                   context_size: int = DEFAULT_CONTEXT, min_position: int = 8, n_per_class: int = DEFAULT_PER_CLASS,
+                   min_per_class: int = DEFAULT_MIN_PER_CLASS, seed: int = 0) -> list[ConceptData]:
+    """One balanced concept ``<group>=<label>`` per distinct label (sorted), one-vs-rest: the tokens of
+    the texts with that label against the tokens of the others, read at positions ≥ ``min_position``
+    (SAEBench's document classes, read at tokens). Needs two labels or more."""
+    if len(texts) != len(labels):
+        raise ConceptError(f"{len(texts)} texts but {len(labels)} labels; give one label per text")
+    kept = [(t, str(label)) for t, label in zip(texts, labels, strict=True) if t and t.strip()]
+    values = sorted({label for _, label in kept})
+    if len(values) < 2:
+        raise ConceptError(f"the {group} labels of the texts take {len(values)} value(s) {values}; a one-vs-rest "
+                           "concept needs at least two (give texts from several)")
+    pool = text_pool(lm, [t for t, _ in kept], context_size=context_size, min_position=min_position)
+    label_of_row = [label for _, label in kept]
+    vocabulary = vocabulary_id(lm)
+    out = []
+    for value in values:
+        positive = torch.zeros_like(pool.candidates)
+        positive[[i for i, label in enumerate(label_of_row) if label == value]] = True
+        out.append(balanced_concept(f"{group}={value}", pool.input_ids, pool.candidates, positive, group=group,
                                     n_per_class=n_per_class, min_per_class=min_per_class, seed=seed,
                                     vocabulary=vocabulary))
     return out

@@ -117,7 +117,7 @@ def _texts(spec: str | None, max_texts: int, lm) -> tuple[list[str], str]:
 
     if spec is None:
         spec = DEFAULT_EVAL_SOURCE if _is_toy(lm) or not REAL_CORPUS.is_file() else str(REAL_CORPUS)
-    return read_texts(spec, max_texts, what="--text"), f"{spec} (first {max_texts} texts)"
+    return read_texts(spec, max_texts, what="--text"), f"{spec} ({max_texts} texts)"
 
 
 def build_concepts(lm, names: list[str], args: argparse.Namespace) -> tuple[list, dict[str, str]]:
