@@ -10,7 +10,7 @@ import pytest
 from saelab.cli import main
 from saelab.explorer import ExplorerLimits, ExplorerService
 from test_explorer_browser import ARTIFACTS, page, serve  # noqa: F401 - page is a fixture
-from test_real_gemma3 import CORPUS, FOLDER, PROMPT, need
+from test_real_gemma3 import CORPUS, FOLDER, PROMPT, THREADS, need
 
 pytestmark = [pytest.mark.real, pytest.mark.slow]
 
@@ -22,7 +22,7 @@ def server_url(tmp_path_factory):
         main(["train", "--model", str(need(FOLDER)), "--hook", "blocks.6.attn.hook_z", "--hook",
               "blocks.6.hook_resid_pre", "--arch", "topk", "--k", "16", "--d-sae", "512", "--tokens", "16384",
               "--batch-size", "1024", "--text", str(need(CORPUS / "train.txt")), "--out", str(run),
-              "--threads", "2", "--no-progress", "--json"])
+              "--threads", THREADS, "--no-progress", "--json"])
     assert done.value.code == 0
     saes = run / "saes"
     service = ExplorerService.open(str(FOLDER), [f"Z6={saes / 'blocks.6.attn.hook_z.topk.512'}",

@@ -24,6 +24,9 @@ pytestmark = pytest.mark.real
 REAL = Path(os.environ.get("SAELAB_REAL_DIR", Path(__file__).resolve().parents[1] / "real"))
 FOLDER, GGUF, CORPUS = REAL / "gemma-3-270m", REAL / "gemma-3-270m-q4_k_m.gguf", REAL / "corpus"
 PROMPT = "When Mary and John went to the store, John gave a drink to"
+#: ``--threads`` of the commands these tests run: this process's share of the cores (tests/conftest.py
+#: divides them among pytest-xdist workers), so that two workers do not each take every core
+THREADS = str(torch.get_num_threads())
 
 
 def need(path: Path) -> Path:
@@ -35,7 +38,6 @@ def need(path: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def lm() -> LoadedModel:
-    torch.set_num_threads(2)
     return load_model(str(need(FOLDER)))
 
 
@@ -101,14 +103,14 @@ def test_train_topk_on_the_real_corpus_recovers_most_of_the_ce_loss(tmp_path, ca
     out = tmp_path / "run"
     args = ["train", "--model", str(need(FOLDER)), "--hook", "blocks.6.hook_resid_post", "--arch", "topk",
             "--k", "32", "--d-sae", "4096", "--tokens", "200000", "--batch-size", "1024", "--text", str(need(CORPUS / "train.txt")),
-            "--out", str(out), "--threads", "2", "--no-progress", "--json"]
+            "--out", str(out), "--threads", THREADS, "--no-progress", "--json"]
     with pytest.raises(SystemExit) as done:
         main(args)
     assert done.value.code == 0
     capsys.readouterr()
     sae_dir = next((out / "saes").iterdir())
     with pytest.raises(SystemExit) as done:
-        main(["eval", str(sae_dir), "--tokens", "4096", "--threads", "2", "--no-progress", "--json"])
+        main(["eval", str(sae_dir), "--tokens", "4096", "--threads", THREADS, "--no-progress", "--json"])
     assert done.value.code == 0
     metrics = json.loads(capsys.readouterr().out)
     assert metrics["source"]["path"].endswith("heldout.txt")  # the held-out split beside train.txt

@@ -15,7 +15,7 @@ from saelab.eval import EvalConfig, evaluate_saes
 from saelab.models import load_model
 from saelab.pretrained import load_sae_with_info, release_info, write_sae
 from saelab.sae import load_sae
-from test_real_gemma3 import CORPUS, FOLDER, need
+from test_real_gemma3 import CORPUS, FOLDER, THREADS, need
 
 pytestmark = pytest.mark.real
 
@@ -29,7 +29,7 @@ def test_a_gemma_scope_2_folder_from_a_saelab_sae_loads_by_release_and_splices_t
     out = tmp_path / "run"
     args = ["train", "--model", str(need(FOLDER)), "--hook", entry.hook_name, "--arch", "jumprelu",
             "--d-sae", str(entry.d_sae), "--tokens", "100000", "--batch-size", "1024",
-            "--text", str(need(CORPUS / "train.txt")), "--out", str(out), "--threads", "2", "--no-progress", "--json"]
+            "--text", str(need(CORPUS / "train.txt")), "--out", str(out), "--threads", THREADS, "--no-progress", "--json"]
     with pytest.raises(SystemExit) as done:
         main(args)
     assert done.value.code == 0
