@@ -167,6 +167,32 @@ def test_cache_is_reused_and_invalidated(lm, folders, tmp_path, monkeypatch):
     assert calls["meta_sae"][-1:] == ["toy-relu"] and len(calls["meta_sae"]) == 7
 
 
+def test_core_of_several_saes_is_one_pass_and_equals_each_alone(lm, folders, tmp_path, monkeypatch):
+    from saelab.eval.evaluate import evaluate_sae
+    from saelab.sae import load_sae
+
+    calls: list[list[str]] = []
+    original = METRICS["core"]
+
+    def many(contexts):
+        calls.append([ctx.entry.label for ctx in contexts])
+        return original.compute_many(contexts)
+
+    monkeypatch.setitem(METRICS, "core", dataclasses.replace(original, compute_many=many))
+    config = small_config(("core",))
+    report = run_panel(lm, folders, tmp_path / "panel", config)
+    assert calls == [["toy-topk", "toy-relu"]] and report["cached"] == {"toy-topk": [], "toy-relu": []}
+    for row, folder in zip(report["rows"], folders, strict=True):
+        alone = evaluate_sae(lm, load_sae(folder), config.eval_source, config.core).metrics
+        for figure in ("l0", "fvu", "ce_loss_recovered", "delta_loss", "dead_fraction"):
+            assert row[f"core.{figure}"] == pytest.approx(alone[figure], rel=1e-5, abs=1e-6), figure
+    again = run_panel(lm, folders, tmp_path / "panel", config)
+    assert len(calls) == 1 and again["cached"] == {"toy-topk": ["core"], "toy-relu": ["core"]}
+    forced = run_panel(lm, folders, tmp_path / "panel", dataclasses.replace(config, force=True))
+    assert len(calls) == 2 and forced["cached"] == {"toy-topk": [], "toy-relu": []}
+    assert forced["rows"] == report["rows"]
+
+
 def test_probing_and_absorption_slots(lm, folders, tmp_path):
     out = tmp_path / "panel"
     report = run_panel(lm, folders, out, small_config(("sparse_probing",)))

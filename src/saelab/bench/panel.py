@@ -143,13 +143,16 @@ class MetricOutput:
 class PanelMetric:
     """A registered metric. columns: figure -> ``"higher"``/``"lower"`` (which wins) or ``""`` (not
     ranked; a function of the ``PanelConfig`` when they depend on it). settings: the part of the
-    panel's settings its results depend on (the cache key)."""
+    panel's settings its results depend on (the cache key). compute_many: see the field."""
 
     name: str
     compute: Callable[[SAE, PanelContext], MetricOutput | dict]
     settings: Callable[[PanelConfig], dict[str, Any]]
     columns: dict[str, str] | Callable[[PanelConfig], dict[str, str]]
     description: str = ""
+    #: optional: the outputs for several SAEs at once (in order), when one pass can serve them all;
+    #: the panel calls it for the SAEs whose results are not cached and stores each as ``compute`` would
+    compute_many: Callable[[list[PanelContext]], list[MetricOutput]] | None = None
 
     def columns_for(self, config: PanelConfig) -> dict[str, str]:
         """The figures shown for ``config`` (``columns`` itself, or what it returns when callable)."""
@@ -216,17 +219,27 @@ def saebench_output(eval_type_id: str, eval_config: dict[str, Any], metrics: dic
 
 
 # ----------------------------------------------------------------------------------- metrics
-def _core(sae: SAE, ctx: PanelContext) -> MetricOutput:
-    from saelab.eval.evaluate import evaluate_sae
+def _core_many(contexts: list[PanelContext]) -> list[MetricOutput]:
+    """``core`` for several SAEs from one evaluation pass (``evaluate_saes``: the clean and ablated
+    runs are shared, one spliced run per SAE); each result equals the SAE's own ``evaluate_sae``."""
+    from saelab.eval.evaluate import evaluate_saes
     from saelab.eval.saebench import core_eval_output
 
-    cfg = dataclasses.replace(ctx.config.core, progress=ctx.config.progress)
-    result = evaluate_sae(ctx.lm, sae, ctx.config.eval_source, cfg)
-    m = result.metrics
-    figures = {key: m.get(key) for key in METRICS["core"].columns_for(ctx.config)}
-    saebench = core_eval_output(m, result.latent_frequency, sae, batch_size=cfg.batch_size,
-                                llm_dtype=str(ctx.lm.dtype).removeprefix("torch."))
-    return MetricOutput(figures, m, saebench)
+    config = contexts[0].config
+    cfg = dataclasses.replace(config.core, progress=config.progress)
+    results = evaluate_saes(contexts[0].lm, [ctx.entry.sae for ctx in contexts], config.eval_source, cfg)
+    columns = METRICS["core"].columns_for(config)
+    outputs = []
+    for ctx, result in zip(contexts, results, strict=True):
+        m = result.metrics
+        saebench = core_eval_output(m, result.latent_frequency, ctx.entry.sae, batch_size=cfg.batch_size,
+                                    llm_dtype=str(ctx.lm.dtype).removeprefix("torch."))
+        outputs.append(MetricOutput({key: m.get(key) for key in columns}, m, saebench))
+    return outputs
+
+
+def _core(sae: SAE, ctx: PanelContext) -> MetricOutput:
+    return _core_many([ctx])[0]
 
 
 def _core_settings(config: PanelConfig) -> dict[str, Any]:
@@ -239,7 +252,7 @@ register_metric(PanelMetric(
     "core", _core, _core_settings,
     {"l0": "", "fvu": "lower", "ce_loss_recovered": "higher", "kl_recovered": "higher", "delta_loss": "lower",
      "dead_fraction": "lower", "dense_fraction": "lower"},
-    "fidelity and sparsity spliced into the model (saelab.eval.evaluate)"))
+    "fidelity and sparsity spliced into the model (saelab.eval.evaluate)", compute_many=_core_many))
 
 
 def _meta_sae(sae: SAE, ctx: PanelContext) -> MetricOutput:
@@ -633,21 +646,50 @@ def _read_cache(path: Path, key: dict[str, Any]) -> dict[str, Any] | None:
     return record if isinstance(record, dict) and record.get("key") == key else None
 
 
-def run_metric(metric: PanelMetric, ctx: PanelContext) -> dict[str, Any]:
-    """The cached record of ``metric`` on this SAE, computed (and cached atomically) when missing or stale:
-    ``{"key", "figures", "result", "saebench", "cached"}``."""
-    key = cache_key(metric, ctx)
-    path = cache_path(ctx.out_dir, ctx.entry.label, metric.name)
-    record = None if ctx.config.force else _read_cache(path, key)
-    if record is not None:
-        return {**record, "cached": True}
-    output = metric.compute(ctx.entry.sae, ctx)
+def _cached(metric: PanelMetric, ctx: PanelContext) -> dict[str, Any] | None:
+    if ctx.config.force:
+        return None
+    return _read_cache(cache_path(ctx.out_dir, ctx.entry.label, metric.name), cache_key(metric, ctx))
+
+
+def _store(metric: PanelMetric, ctx: PanelContext, output: MetricOutput | dict) -> dict[str, Any]:
+    """Write the record of ``output`` atomically to the cache and return it (``"cached": False``)."""
     if isinstance(output, dict):
         output = MetricOutput(output, {})
     figures = {name: output.figures.get(name) for name in metric.columns_for(ctx.config)}
-    record = _json_normal({"key": key, "figures": figures, "result": output.result, "saebench": output.saebench})
-    atomic_write_json(path, record)
+    record = _json_normal({"key": cache_key(metric, ctx), "figures": figures, "result": output.result,
+                           "saebench": output.saebench})
+    atomic_write_json(cache_path(ctx.out_dir, ctx.entry.label, metric.name), record)
     return {**record, "cached": False}
+
+
+def _prefetch(metric: PanelMetric, contexts: list[PanelContext]) -> None:
+    """For a metric with ``compute_many``: compute the SAEs whose results are not cached in one call
+    and store each (``run_metric`` then returns it). A refusal leaves them to ``compute``, one SAE at
+    a time, so that only the SAE at fault gets the error."""
+    todo = [ctx for ctx in contexts if _cached(metric, ctx) is None]
+    if metric.compute_many is None or len(todo) < 2:
+        return
+    try:
+        outputs = metric.compute_many(todo)
+    except SaelabError as exc:
+        print(f"saelab panel: {metric.name} for {len(todo)} SAEs at once failed ({exc}); one at a time",
+              file=sys.stderr)
+        return
+    for ctx, output in zip(todo, outputs, strict=True):
+        ctx.shared[("computed", metric.name, ctx.entry.label)] = _store(metric, ctx, output)
+
+
+def run_metric(metric: PanelMetric, ctx: PanelContext) -> dict[str, Any]:
+    """The cached record of ``metric`` on this SAE, computed (and cached atomically) when missing or stale:
+    ``{"key", "figures", "result", "saebench", "cached"}``."""
+    computed = ctx.shared.pop(("computed", metric.name, ctx.entry.label), None)  # by _prefetch, this run
+    if computed is not None:
+        return computed
+    record = _cached(metric, ctx)
+    if record is not None:
+        return {**record, "cached": True}
+    return _store(metric, ctx, metric.compute(ctx.entry.sae, ctx))
 
 
 def columns_of(config: PanelConfig) -> list[tuple[str, str]]:
@@ -738,8 +780,10 @@ def run_panel(lm: LoadedModel, sae_paths: Sequence[str], out_dir: str | Path,
     records: dict[str, dict[str, dict]] = {e.label: {} for e in entries}
     errors, saebench_files = [], {}
     model_id, shared = model_identity(lm), {}
-    for entry in entries:
-        ctx = PanelContext(lm, config, entry, out, model_id, shared)
+    contexts = [PanelContext(lm, config, entry, out, model_id, shared) for entry in entries]
+    for name in config.metrics:
+        _prefetch(METRICS[name], contexts)
+    for entry, ctx in zip(entries, contexts, strict=True):
         for name in config.metrics:
             try:
                 record = run_metric(METRICS[name], ctx)
