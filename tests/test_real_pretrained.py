@@ -28,7 +28,7 @@ def test_a_gemma_scope_2_folder_from_a_saelab_sae_loads_by_release_and_splices_t
     entry = release_info(RELEASE, SAE_ID)
     out = tmp_path / "run"
     args = ["train", "--model", str(need(FOLDER)), "--hook", entry.hook_name, "--arch", "jumprelu",
-            "--d-sae", str(entry.d_sae), "--tokens", "100000", "--batch-size", "1024",
+            "--d-sae", str(entry.d_sae), "--tokens", "51200", "--batch-size", "1024",
             "--text", str(need(CORPUS / "train.txt")), "--out", str(out), "--threads", THREADS, "--no-progress", "--json"]
     with pytest.raises(SystemExit) as done:
         main(args)
