@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from saelab.bench.panel import METRICS
 
@@ -110,6 +111,10 @@ def run_panel_command(args: argparse.Namespace) -> int:
     apply_threads(args)
     lm = load_model(_model_spec(args), device=args.device)
     report = run_panel(lm, args.sae, args.out, config)
-    print(json.dumps(report, indent=2, default=str) if args.json else format_panel(report), end="" if not args.json
-          else "\n")
+    if args.json:
+        print(json.dumps(report, indent=2, default=str))
+        return 0
+    print(format_panel(report), end="")
+    if "seed_spread" in report:
+        print("\n" + Path(report["files"]["seeds_md"]).read_text(), end="")
     return 0

@@ -29,6 +29,9 @@ Before anything runs, every folder is loaded and placed in the model (a missing 
 metric or an SAE at a hook the model lacks stops the panel with the reason). Under ``out_dir``::
 
     panel.json  panel.csv  panel.md          the table (one row per SAE), the winners, the settings
+    panel_seeds.md                           where SAEs repeat at several seeds: mean ± std per
+                                             configuration, and whether each winner clears seed noise
+                                             (``saelab.bench.spread``; also ``seed_spread`` in panel.json)
     plots/<metric>.png                       one bar chart per figure of each metric, across SAEs
     cache/<sae>/<metric>.json                one (SAE, metric) result with the key it was computed for
     saebench/<eval_type_id>/<sae>_eval_results.json   SAEBench result JSON where the metric has one
@@ -53,6 +56,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from saelab.bench.spread import format_spread, seed_spread
 from saelab.errors import ConfigError, SaelabError, check_choice, check_range
 from saelab.eval.evaluate import DEFAULT_EVAL_SOURCE, EvalConfig, model_context
 from saelab.eval.meta_sae import MetaSAEConfig
@@ -811,9 +815,15 @@ def run_panel(lm: LoadedModel, sae_paths: Sequence[str], out_dir: str | Path,
         "cached": {e.label: [m for m, r in records[e.label].items() if r["cached"]] for e in entries},
         "settings": {m: METRICS[m].settings(config) for m in config.metrics},
     }
+    spread = seed_spread(rows, columns)
+    if spread is not None:
+        report["seed_spread"] = spread
     report["files"] = {"json": str(out / "panel.json"), "csv": str(out / "panel.csv"), "md": str(out / "panel.md"),
                        "plots": plot_panel(report, out), "saebench": saebench_files,
                        "cache": str(out / "cache")}
+    if spread is not None:
+        report["files"]["seeds_md"] = str(out / "panel_seeds.md")
+        atomic_write_bytes(out / "panel_seeds.md", format_spread(spread, columns).encode())
     atomic_write_bytes(out / "panel.csv", table_csv(rows, ("sae", "architecture", "d_sae", "hook", "path",
                                                            *(c for c, _ in columns))).encode())
     atomic_write_bytes(out / "panel.md", format_panel(report).encode())
