@@ -45,6 +45,7 @@ def test_mean_std_min_max_by_hand_and_missing_values_left_out():
     assert relu["probe"]["n"] == 2 and relu["probe"]["mean"] == pytest.approx(0.72)
     assert relu["probe"]["std"] == pytest.approx(math.sqrt(2) * 0.03)
     assert topk["core.l0"]["std"] == 0.0  # equal values give exactly 0
+    assert relu["values"]["probe"] == [0.69, 0.75] and relu["replicates"][2] == "seed2.relu.l1=1"
 
 
 def test_a_winner_is_separated_only_beyond_two_standard_errors():
@@ -73,3 +74,4 @@ def test_the_panel_writes_the_spread_for_saes_at_several_seeds(toy_lm, tmp_path,
     assert group["meta_sae.variance_explained"]["mean"] == pytest.approx(sum(values) / 2)
     assert json.loads((out / "panel.json").read_text())["seed_spread"]["rows"][0]["n_replicates"] == 2
     assert "topk.k=8 | topk | 2 |" in (out / "panel_seeds.md").read_text()
+    assert (out / "plots" / "seeds.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -29,7 +29,7 @@ Before anything runs, every folder is loaded and placed in the model (a missing 
 metric or an SAE at a hook the model lacks stops the panel with the reason). Under ``out_dir``::
 
     panel.json  panel.csv  panel.md          the table (one row per SAE), the winners, the settings
-    panel_seeds.md                           where SAEs repeat at several seeds: mean ± std per
+    panel_seeds.md, plots/seeds.png          where SAEs repeat at several seeds: mean ± std per
                                              configuration, and whether each winner clears seed noise
                                              (``saelab.bench.spread``; also ``seed_spread`` in panel.json)
     plots/<metric>.png                       one bar chart per figure of each metric, across SAEs
@@ -56,7 +56,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from saelab.bench.spread import format_spread, seed_spread
+from saelab.bench.spread import format_spread, plot_spread, seed_spread
 from saelab.errors import ConfigError, SaelabError, check_choice, check_range
 from saelab.eval.evaluate import DEFAULT_EVAL_SOURCE, EvalConfig, model_context
 from saelab.eval.meta_sae import MetaSAEConfig
@@ -823,6 +823,7 @@ def run_panel(lm: LoadedModel, sae_paths: Sequence[str], out_dir: str | Path,
                        "cache": str(out / "cache")}
     if spread is not None:
         report["files"]["seeds_md"] = str(out / "panel_seeds.md")
+        report["files"]["seeds_plot"] = str(plot_spread(spread, columns, out / "plots" / "seeds.png"))
         atomic_write_bytes(out / "panel_seeds.md", format_spread(spread, columns).encode())
     atomic_write_bytes(out / "panel.csv", table_csv(rows, ("sae", "architecture", "d_sae", "hook", "path",
                                                            *(c for c, _ in columns))).encode())

@@ -36,18 +36,21 @@ def seed_spread(rows: list[dict[str, Any]], columns: list[tuple[str, str]]) -> d
     """Spread of every ``columns`` figure (``(name, better)``, better one of "higher", "lower", "")
     over each replicate group of ``rows``; None when no SAE has replicates.
 
-    Returns ``{"rows": [{"sae", "architecture", "n_replicates", <column>: {mean, std, min, max, n}}],
+    Returns ``{"rows": [{"sae", "architecture", "n_replicates", "replicates" (row labels), "values"
+    ({column: [each replicate's value]}), <column>: {mean, std, min, max, n}}],
     "winners": {<column>: {"sae", "mean", "runner_up", "runner_up_mean", "separated"}}}``."""
     groups = replicate_groups(rows)
     if not groups:
         return None
     out_rows = []
     for name, group in groups.items():
-        row: dict[str, Any] = {"sae": name, "architecture": group[0]["architecture"], "n_replicates": len(group)}
+        row: dict[str, Any] = {"sae": name, "architecture": group[0]["architecture"], "n_replicates": len(group),
+                               "replicates": [r["sae"] for r in group], "values": {}}
         for column, _ in columns:
-            values = [r[column] for r in group if isinstance(r.get(column), (int, float))
+            values = [float(r[column]) for r in group if isinstance(r.get(column), (int, float))
                       and math.isfinite(r[column])]
             row[column] = _summary(values) if values else None
+            row["values"][column] = values
         out_rows.append(row)
     return {"rows": out_rows, "winners": _winners(out_rows, columns)}
 
@@ -87,3 +90,30 @@ def format_spread(spread: dict[str, Any], columns: list[tuple[str, str]]) -> str
                                  [[c, w["sae"], w["mean"], w["runner_up"], w["runner_up_mean"],
                                    "yes" if w["separated"] else "no"] for c, w in spread["winners"].items()])]
     return "\n".join(parts) + "\n"
+
+
+def plot_spread(spread: dict[str, Any], columns: list[tuple[str, str]], path: Path) -> Path:
+    """One panel per ranked figure: each replicate group's mean with a bar of ± one standard
+    deviation and its replicates as dots; written to ``path`` (PNG)."""
+    from saelab.plotting import pyplot, save_png
+
+    plt = pyplot()
+    ranked = [(c, b) for c, b in columns if b and any(r.get(c) for r in spread["rows"])]
+    labels = [r["sae"] for r in spread["rows"]]
+    n_cols = min(4, max(1, len(ranked)))
+    n_rows = max(1, math.ceil(len(ranked) / n_cols))
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(1 + 3.3 * n_cols, 0.6 + 3.2 * n_rows), squeeze=False)
+    for ax in axes.flat[len(ranked):]:
+        ax.set_visible(False)
+    for ax, (column, better) in zip(axes.flat, ranked, strict=False):
+        for i, row in enumerate(spread["rows"]):
+            s = row.get(column)
+            if s:
+                ax.errorbar(i, s["mean"], yerr=s["std"], fmt="o", color="#4c72b0", capsize=3, markersize=4)
+                ax.plot([i + 0.25] * len(row["values"][column]), row["values"][column], ".", color="#888888",
+                        markersize=4)
+        ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=7)
+        ax.set_title(f"{column.split('.', 1)[-1]} ({better} wins)", fontsize=8)
+    fig.suptitle("mean ± std over replicate SAEs (grey: each replicate)", fontsize=8)
+    fig.subplots_adjust(hspace=0.9, wspace=0.35)
+    return save_png(fig, path)
