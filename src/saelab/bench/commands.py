@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 from saelab.bench.panel import METRICS
 
@@ -104,6 +103,7 @@ def _model_spec(args: argparse.Namespace) -> str:
 
 def run_panel_command(args: argparse.Namespace) -> int:
     from saelab.bench.panel import format_panel, run_panel
+    from saelab.bench.spread import format_spread
     from saelab.cli_args import apply_threads
     from saelab.models import load_model
 
@@ -116,5 +116,6 @@ def run_panel_command(args: argparse.Namespace) -> int:
         return 0
     print(format_panel(report), end="")
     if "seed_spread" in report:
-        print("\n" + Path(report["files"]["seeds_md"]).read_text(), end="")
+        columns = [(c["name"], c["better"]) for c in report["columns"]]
+        print("\n" + format_spread(report["seed_spread"], columns), end="")
     return 0

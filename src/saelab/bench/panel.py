@@ -816,12 +816,11 @@ def run_panel(lm: LoadedModel, sae_paths: Sequence[str], out_dir: str | Path,
         "settings": {m: METRICS[m].settings(config) for m in config.metrics},
     }
     spread = seed_spread(rows, columns)
-    if spread is not None:
-        report["seed_spread"] = spread
     report["files"] = {"json": str(out / "panel.json"), "csv": str(out / "panel.csv"), "md": str(out / "panel.md"),
                        "plots": plot_panel(report, out), "saebench": saebench_files,
                        "cache": str(out / "cache")}
     if spread is not None:
+        report["seed_spread"] = spread
         report["files"]["seeds_md"] = str(out / "panel_seeds.md")
         report["files"]["seeds_plot"] = str(plot_spread(spread, columns, out / "plots" / "seeds.png"))
         atomic_write_bytes(out / "panel_seeds.md", format_spread(spread, columns).encode())
